@@ -1,0 +1,144 @@
+"""Actors and the vectorised twin-critic ensemble.
+
+The critic ensemble keeps all members in one set of batched weights
+(``[E, in, out]``) so the twin critics cost one ``baddbmm`` per layer, and it
+returns the penultimate features that C4 clusters and penalises.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class VectorizedLinear(nn.Module):
+    """``E`` independent linear layers applied as one batched matmul: ``[E, B, in] -> [E, B, out]``."""
+
+    def __init__(self, in_features: int, out_features: int, ensemble_size: int):
+        super().__init__()
+        self.in_features, self.out_features, self.ensemble_size = in_features, out_features, ensemble_size
+        self.weight = nn.Parameter(torch.empty(ensemble_size, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(ensemble_size, 1, out_features))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # the same distribution as nn.Linear's default, member by member
+        for i in range(self.ensemble_size):
+            nn.init.kaiming_uniform_(self.weight.data[i].T, a=math.sqrt(5))
+        bound = 1 / math.sqrt(self.in_features)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, ensemble={self.ensemble_size}"
+
+
+def _mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers += [nn.Linear(in_dim, h), nn.ReLU()]
+        in_dim = h
+    layers.append(nn.Linear(in_dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+def orthogonal_init_(module: nn.Module, last_layer_gain: float = 1e-2) -> None:
+    """CORL's CQL initialisation: orthogonal(gain sqrt 2) hidden layers, small xavier last layer, zero biases."""
+    linears = [m for m in module.modules() if isinstance(m, (nn.Linear, VectorizedLinear))]
+    for i, m in enumerate(linears):
+        last = i == len(linears) - 1
+        if isinstance(m, VectorizedLinear):
+            for j in range(m.ensemble_size):
+                w = m.weight.data[j].T
+                (nn.init.xavier_uniform_(w, gain=last_layer_gain) if last else nn.init.orthogonal_(w, gain=math.sqrt(2)))
+        else:
+            (nn.init.xavier_uniform_(m.weight, gain=last_layer_gain) if last else nn.init.orthogonal_(m.weight, gain=math.sqrt(2)))
+        nn.init.zeros_(m.bias)
+
+
+class DeterministicActor(nn.Module):
+    """TD3 actor: ``max_action * tanh(MLP(s))``."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (256, 256), max_action: float = 1.0):
+        super().__init__()
+        self.net = _mlp(obs_dim, tuple(hidden), act_dim)
+        self.max_action = max_action
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.max_action * torch.tanh(self.net(obs))
+
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        return self(obs)
+
+
+class TanhGaussianActor(nn.Module):
+    """SAC/CQL actor: ``a = max_action * tanh(u)``, ``u ~ N(mu(s), sigma(s))``, with tanh-corrected log-densities."""
+
+    LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (256, 256, 256), max_action: float = 1.0):
+        super().__init__()
+        self.net = _mlp(obs_dim, tuple(hidden), 2 * act_dim)
+        self.max_action = max_action
+
+    def _dist(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_std = self.net(obs).chunk(2, dim=-1)
+        return mean, log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX).exp()
+
+    def forward(self, obs: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``(action, log_prob)``; log_prob has shape ``obs.shape[:-1]``."""
+        mean, std = self._dist(obs)
+        u = mean if deterministic else mean + std * torch.randn_like(mean)
+        log_prob = (-0.5 * ((u - mean) / std) ** 2 - std.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+        # log |d tanh(u)/du| = 2 (log 2 - u - softplus(-2u)), numerically stable
+        log_prob = log_prob - (2 * (math.log(2) - u - F.softplus(-2 * u))).sum(-1)
+        log_prob = log_prob - obs.new_tensor(math.log(self.max_action)) * mean.shape[-1]
+        return self.max_action * torch.tanh(u), log_prob
+
+    def log_prob(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Log-density of given (squashed) actions, used by the optional behaviour-cloning term."""
+        mean, std = self._dist(obs)
+        y = (action / self.max_action).clamp(-1 + 1e-6, 1 - 1e-6)
+        u = torch.atanh(y)
+        log_prob = (-0.5 * ((u - mean) / std) ** 2 - std.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+        log_prob = log_prob - (2 * (math.log(2) - u - F.softplus(-2 * u))).sum(-1)
+        return log_prob - obs.new_tensor(math.log(self.max_action)) * mean.shape[-1]
+
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        return self(obs, deterministic=True)[0]
+
+
+class CriticEnsemble(nn.Module):
+    """``E`` Q-networks in one batched MLP. ``q(s, a) -> [E, B]``; optionally the penultimate features ``[E, B, H]``."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (256, 256), ensemble_size: int = 2):
+        super().__init__()
+        dims = [obs_dim + act_dim, *hidden]
+        self.hidden = nn.ModuleList(VectorizedLinear(i, o, ensemble_size) for i, o in zip(dims[:-1], dims[1:]))
+        self.head = VectorizedLinear(dims[-1], 1, ensemble_size)
+        self.ensemble_size = ensemble_size
+        self.input_dim = obs_dim + act_dim
+        self.feature_dim = dims[-1]
+
+    def from_input(self, x: torch.Tensor, return_features: bool = False):
+        """``x`` is ``[B, obs+act]`` (shared by all members) or ``[E, B, obs+act]``."""
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(self.ensemble_size, -1, -1)
+        for layer in self.hidden:
+            x = F.relu(layer(x))
+        q = self.head(x).squeeze(-1)
+        return (q, x) if return_features else q
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor, return_features: bool = False):
+        return self.from_input(torch.cat([obs, act], dim=-1), return_features)
+
+
+def soft_update_(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """Polyak averaging ``target <- (1 - tau) target + tau source``, in one fused op per tensor list."""
+    with torch.no_grad():
+        t_params, s_params = list(target.parameters()), list(source.parameters())
+        torch._foreach_lerp_(t_params, s_params, tau)
