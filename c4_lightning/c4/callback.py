@@ -1,0 +1,176 @@
+"""``ClusterRefitCallback``: C4's dataset partition, made before training and refitted every N epochs."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
+
+from c4_lightning.c4.clustering import ClusterFitError, ClusterModel, fit_partition, project_2d, raw_features
+from c4_lightning.c4.features import clustering_features
+from c4_lightning.c4.plots import cluster_scatter_figure, figure_to_image
+
+
+def trajectory_tail_members(labels: np.ndarray, episode_ids: np.ndarray, n_clusters: int) -> list[np.ndarray]:
+    """Authors' variant: cluster k also holds every later step of a trajectory after its first member in k.
+
+    Assumes the transitions of an episode are stored contiguously in step order (as the loaders write them).
+    """
+    members = []
+    n = len(labels)
+    starts = np.flatnonzero(np.r_[True, episode_ids[1:] != episode_ids[:-1]])
+    ends = np.r_[starts[1:], n]
+    for k in range(n_clusters):
+        mask = np.zeros(n, dtype=bool)
+        in_k = labels == k
+        for s, e in zip(starts, ends):
+            hit = np.flatnonzero(in_k[s:e])
+            if hit.size:
+                mask[s + hit[0]:e] = True
+        members.append(np.flatnonzero(mask))
+    return members
+
+
+class ClusterRefitCallback(Callback):
+    """Partitions the dataset for C4's single-cluster batches.
+
+    Before the first step (when no partition was restored from a checkpoint) it clusters standardised raw
+    (s, a); then every ``every_n_epochs`` epochs it recomputes critic features ``[phi(s,a), phi_bar(s',a')]``,
+    refits the GMM on rank 0 (warm-started from the previous partition), broadcasts the labels to all
+    ranks and hands them to the sampler. A failed fit keeps the previous partition, warns and counts
+    ``c4/refit_failures``. Logs cluster sizes, refit seconds and a PCA scatter image of the clusters.
+    """
+
+    def __init__(self, every_n_epochs: int | None = None, log_scatter: bool = True, scatter_points: int = 5000,
+                 seed: int = 0):
+        if every_n_epochs is not None and every_n_epochs < 0:
+            raise ValueError(f"every_n_epochs={every_n_epochs} must be >= 0")
+        self.every_n_epochs = every_n_epochs
+        self.log_scatter, self.scatter_points, self.seed = log_scatter, scatter_points, seed
+        self.model: ClusterModel | None = None
+        self.labels: np.ndarray | None = None
+        self.refits = 0
+        self.failures = 0
+        self.last_seconds = 0.0
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _cfg(pl_module):
+        return pl_module.c4
+
+    def _interval(self, pl_module) -> int:
+        return self.every_n_epochs if self.every_n_epochs is not None else self._cfg(pl_module).refit_every_n_epochs
+
+    def compute_features(self, trainer, pl_module) -> np.ndarray:
+        obs, act, next_obs, next_act = trainer.datamodule.features_input()
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            feats = clustering_features(pl_module.critic, pl_module.critic_target, obs, act, next_obs, next_act,
+                                        kind=self._cfg(pl_module).feature)
+        finally:
+            pl_module.train(was_training)
+        return feats.numpy() if isinstance(feats, torch.Tensor) else np.asarray(feats)
+
+    def _fit(self, features: np.ndarray, pl_module) -> tuple[np.ndarray, ClusterModel]:
+        cfg = self._cfg(pl_module)
+        return fit_partition(features, n_clusters=cfg.n_clusters, pca_dim=cfg.pca_dim,
+                             fit_subsample=cfg.fit_subsample, seed=self.seed + self.refits,
+                             previous_labels=self.labels)
+
+    def partition(self, trainer, pl_module, initial: bool) -> None:
+        """Fit on rank 0, broadcast, apply. Keeps the previous partition when the fit fails."""
+        result, features2d = None, None
+        if trainer.is_global_zero:
+            t0 = time.perf_counter()
+            try:
+                if initial:
+                    obs, act, _, _ = trainer.datamodule.features_input()
+                    features = raw_features(obs, act)
+                else:
+                    if self._cfg(pl_module).average_critics_at_refit:
+                        self._average_critics(pl_module)
+                    features = self.compute_features(trainer, pl_module)
+                labels, model = self._fit(features, pl_module)
+                result = (labels, model)
+                if self.log_scatter:
+                    features2d = (features, model)
+            except ClusterFitError as err:
+                self.failures += 1
+                rank_zero_warn(f"C4 refit at epoch {trainer.current_epoch} failed ({err}); "
+                               "keeping the previous partition")
+            self.last_seconds = time.perf_counter() - t0
+        if trainer.world_size > 1 and self._cfg(pl_module).average_critics_at_refit and not initial:
+            for p in pl_module.critic.parameters():  # keep ranks identical after the rank-0 averaging
+                p.data.copy_(trainer.strategy.broadcast(p.data, src=0))
+        labels = trainer.strategy.broadcast(result[0] if result is not None else None, src=0)
+        self.failures = trainer.strategy.broadcast(self.failures, src=0)
+        if labels is not None:
+            if result is not None:
+                self.model = result[1]
+            self.labels = np.asarray(labels)
+            self.refits += 1
+            self.apply(trainer, pl_module)
+        self._log(trainer, pl_module, features2d)
+
+    def apply(self, trainer, pl_module) -> None:
+        dm = trainer.datamodule
+        if self._cfg(pl_module).extend_with_trajectory_tail:
+            episode_ids = dm.transitions.episode_ids.cpu().numpy()
+            dm.set_cluster_members(trajectory_tail_members(self.labels, episode_ids, self._cfg(pl_module).n_clusters))
+        else:
+            dm.set_cluster_labels(torch.as_tensor(self.labels))
+
+    @staticmethod
+    def _average_critics(pl_module) -> None:
+        with torch.no_grad():
+            for p in pl_module.critic.parameters():
+                p.copy_(p.mean(dim=0, keepdim=True).expand_as(p))
+
+    def _log(self, trainer, pl_module, features2d) -> None:
+        if not trainer.is_global_zero:
+            return
+        sizes = np.bincount(self.labels, minlength=self._cfg(pl_module).n_clusters) if self.labels is not None else []
+        metrics = {f"c4/cluster_size_{k}": float(s) for k, s in enumerate(sizes)}
+        metrics.update({"c4/refit_seconds": self.last_seconds, "c4/refit_failures": float(self.failures),
+                        "c4/refits": float(self.refits)})
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        if features2d is None:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                features, model = features2d
+                dm = trainer.datamodule
+                fig = cluster_scatter_figure(project_2d(features, model), self.labels,
+                                             dm.sources.cpu().numpy(), dm.source_names,
+                                             max_points=self.scatter_points)
+                logger.experiment.add_image("c4/clusters", figure_to_image(fig), trainer.global_step,
+                                            dataformats="HWC")
+
+    # ------------------------------------------------------------------ hooks
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.labels is None:
+            self.partition(trainer, pl_module, initial=True)
+        else:  # restored from a checkpoint: the datamodule restored the sampler; keep both in step
+            self.apply(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        every = self._interval(pl_module)
+        if every and (trainer.current_epoch + 1) % every == 0:
+            self.partition(trainer, pl_module, initial=False)
+
+    # ------------------------------------------------------------------ checkpoint state
+    def state_dict(self) -> dict:
+        return {"labels": self.labels, "model": self.model.state_dict() if self.model is not None else None,
+                "refits": self.refits, "failures": self.failures}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.labels = state_dict.get("labels")
+        model = state_dict.get("model")
+        self.model = ClusterModel.from_state_dict(model) if model is not None else None
+        self.refits = int(state_dict.get("refits", 0))
+        self.failures = int(state_dict.get("failures", 0))
