@@ -49,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
+from c4_lightning.data.errors import DatasetError
 from c4_lightning.data.scores import env_family, normalized_score, reference_scores
 
 CHECKPOINT_TABLE = "checkpoints.json"
@@ -214,10 +215,6 @@ STORAGE_LAYOUT = "hdf5-v110 contiguous, gzip4+shuffle from 1KiB, float32 observa
 _GZIP_MIN_BYTES = 1024
 _BASE_NAMES = ("random", "medium", "expert", "medium-replay", "medium-expert")
 _SEED_STREAMS = {"random": 0, "medium": 1, "expert": 2, "medium-replay": 3, "mixture": 4}
-
-
-class DatasetError(Exception):
-    """A written dataset failed its reload check."""
 
 
 def _tqdm(iterable=None, **kwargs):

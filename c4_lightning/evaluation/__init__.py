@@ -1,0 +1,4 @@
+from c4_lightning.evaluation.callback import EvalCallback
+from c4_lightning.evaluation.rollout import evaluate_policy
+
+__all__ = ["EvalCallback", "evaluate_policy"]

@@ -1,0 +1,226 @@
+"""What TD3BC and CQL share: network building from the data, normalisation buffers, the C4 penalty,
+optimiser stepping, diagnostics, the non-finite-loss guard and acting on raw observations."""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import nn
+
+from c4_lightning.c4.config import C4Config
+from c4_lightning.c4.features import input_gradients
+from c4_lightning.c4.metrics import CrossCovarianceMetric
+from c4_lightning.c4.penalty import cross_cov_penalty, feature_dot_penalty, grad_cross_cov_penalty
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became NaN/Inf; the last good state was checkpointed before stopping."""
+
+
+def _noop_closure() -> None:
+    return None
+
+
+class OfflineRLModule(L.LightningModule):
+    """Base LightningModule: subclasses define ``build_networks``, ``configure_optimizers`` and ``update``.
+
+    Networks are built from ``obs_dim``/``act_dim``; left ``None`` they are read from the attached
+    ``OfflineRLDataModule`` in ``setup`` and recorded in ``hparams`` so a checkpoint rebuilds them alone.
+    """
+
+    def __init__(
+        self,
+        obs_dim: int | None = None,
+        act_dim: int | None = None,
+        max_action: float = 1.0,
+        c4: C4Config | None = None,
+        probe_size: int = 2048,
+        log_every_n_steps: int = 50,
+        nan_check: bool = True,
+        compile: bool = False,
+    ):
+        super().__init__()
+        self.automatic_optimization = False
+        self.c4 = c4 if isinstance(c4, C4Config) else C4Config(**(c4 or {}))
+        if probe_size < 2:
+            raise ValueError(f"model.probe_size={probe_size} must be >= 2")
+        if log_every_n_steps < 1:
+            raise ValueError(f"model.log_every_n_steps={log_every_n_steps} must be >= 1")
+        self.register_buffer("obs_mean", torch.zeros(0))
+        self.register_buffer("obs_std", torch.ones(0))
+        self.register_buffer("updates_done", torch.zeros((), dtype=torch.long))
+        self.batches_done_in_epoch = 0
+        self._built = False
+        self._probe: dict[str, torch.Tensor] | None = None
+        self.cross_cov = CrossCovarianceMetric()
+
+    def finish_init(self) -> None:
+        """Subclasses call this last in ``__init__`` (after ``save_hyperparameters``)."""
+        if self.hparams.get("obs_dim") is not None and self.hparams.get("act_dim") is not None:
+            self._build(self.hparams["obs_dim"], self.hparams["act_dim"])
+
+    # ------------------------------------------------------------------ building
+    def build_networks(self, obs_dim: int, act_dim: int) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _build(self, obs_dim: int, act_dim: int) -> None:
+        self.hparams["obs_dim"], self.hparams["act_dim"] = int(obs_dim), int(act_dim)
+        self.obs_mean = torch.zeros(obs_dim)
+        self.obs_std = torch.ones(obs_dim)
+        self.build_networks(int(obs_dim), int(act_dim))
+        self._built = True
+        if self.hparams.get("compile", False):
+            for net in self.compiled_networks():
+                net.compile()
+
+    def compiled_networks(self) -> list[nn.Module]:
+        return [self.actor, self.critic]
+
+    @staticmethod
+    def make_target(net: nn.Module) -> nn.Module:
+        target = copy.deepcopy(net)
+        target.requires_grad_(False)
+        return target
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is None or not hasattr(dm, "obs_dim"):
+            if not self._built:
+                raise ValueError(
+                    f"{type(self).__name__} needs an OfflineRLDataModule passed to the Trainer "
+                    "(trainer.fit(model, datamodule=dm)) or obs_dim/act_dim given explicitly")
+            return
+        if not self._built:
+            self._build(dm.obs_dim, dm.act_dim)
+        elif (self.hparams["obs_dim"], self.hparams["act_dim"]) != (dm.obs_dim, dm.act_dim):
+            raise ValueError(
+                f"the model was built for obs_dim={self.hparams['obs_dim']}, act_dim={self.hparams['act_dim']} "
+                f"but data.dataset_id gives obs_dim={dm.obs_dim}, act_dim={dm.act_dim}: use a matching dataset")
+        self.obs_mean.copy_(dm.obs_mean.to(self.obs_mean))
+        self.obs_std.copy_(dm.obs_std.to(self.obs_std))
+        obs, act, next_obs, next_act = dm.features_input()
+        g = torch.Generator().manual_seed(12345)
+        idx = torch.randperm(obs.shape[0], generator=g)[: self.hparams.probe_size].to(obs.device)
+        self._probe = {"obs": obs[idx], "act": act[idx], "next_obs": next_obs[idx], "next_act": next_act[idx]}
+
+    # ------------------------------------------------------------------ acting
+    def normalize(self, raw_obs: torch.Tensor) -> torch.Tensor:
+        return (raw_obs - self.obs_mean) / self.obs_std
+
+    @torch.no_grad()
+    def act(self, raw_obs: torch.Tensor) -> torch.Tensor:
+        """Deterministic action for raw (unnormalised) observations ``[..., obs_dim]``."""
+        return self.actor.act(self.normalize(raw_obs.to(self.obs_mean)))
+
+    # ------------------------------------------------------------------ optimisation helpers
+    def step_optimizer(self, opt, loss: torch.Tensor, counted: bool = False) -> None:
+        """zero_grad -> manual_backward -> step. Only the ``counted`` optimiser advances ``global_step``,
+        so ``trainer.global_step`` (and ``max_steps``) counts gradient *updates*, one per batch."""
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if counted:
+            opt.step()
+        else:
+            raw = getattr(opt, "optimizer", opt)
+            self.trainer.strategy.optimizer_step(raw, closure=_noop_closure, model=self)
+
+    def c4_active(self) -> bool:
+        return self.c4.enabled and self.c4.penalty_weight > 0
+
+    def c4_penalty(self, obs, act, next_obs, next_act, feats: torch.Tensor) -> torch.Tensor:
+        """C4 penalty summed over the critic ensemble; ``feats`` are the online critic's features at (s, a).
+        The target side (s', a' = dataset next action) never receives gradients."""
+        if self.c4.penalty == "grad_cross_cov":
+            grad = input_gradients(self.critic, obs, act, create_graph=True)
+            grad_next = input_gradients(self.critic_target, next_obs, next_act, create_graph=False)
+            return grad_cross_cov_penalty(grad, grad_next, beta=self.c4.grad_beta, cap=self.c4.grad_cap).sum()
+        with torch.no_grad():
+            _, next_feats = self.critic_target(next_obs, next_act, return_features=True)
+        fn = cross_cov_penalty if self.c4.penalty == "cross_cov" else feature_dot_penalty
+        return fn(feats, next_feats).sum()
+
+    def check_finite(self, **losses: torch.Tensor) -> None:
+        """Stop before a non-finite loss reaches the parameters: checkpoint the last good state, then raise."""
+        if not self.hparams.nan_check:
+            return
+        stacked = torch.stack([v.detach().float().reshape(()) for v in losses.values()])
+        if bool(torch.isfinite(stacked).all()):
+            return
+        bad = [k for k, v in losses.items() if not torch.isfinite(v.detach()).all()]
+        path = None
+        if self._trainer is not None and self.trainer.log_dir is not None:
+            path = Path(self.trainer.log_dir) / "checkpoints" / "last-good-before-nonfinite.ckpt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.trainer.save_checkpoint(path)
+        raise NonFiniteLossError(
+            f"non-finite {', '.join(bad)} at update {int(self.updates_done)} (epoch {self.current_epoch}); "
+            + (f"last good state saved to {path}; " if path else "")
+            + "lower the learning rates or penalty weight, or check the data for extreme values")
+
+    def should_log(self) -> bool:
+        return int(self.updates_done) % self.hparams.log_every_n_steps == 0
+
+    # ------------------------------------------------------------------ training loop
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        logs = self.update(batch)
+        self.updates_done += 1
+        self.batches_done_in_epoch = batch_idx + 1
+        if logs and self.should_log():
+            self.log_dict({(k if "/" in k else f"train/{k}"): v for k, v in logs.items()}, on_step=True, on_epoch=False)
+            self.log("critic_loss", logs["critic_loss"], prog_bar=True, logger=False, on_step=True, on_epoch=False)
+
+    def on_train_epoch_start(self) -> None:
+        self.batches_done_in_epoch = 0
+
+    @torch.no_grad()
+    def probe_cross_covariance(self) -> dict[str, torch.Tensor]:
+        """Cross-covariance between phi(s,a) (online) and phi_bar(s',a') (target) on the fixed probe set."""
+        self.cross_cov.reset()
+        p = self._probe
+        for start in range(0, p["obs"].shape[0], 1024):
+            sl = slice(start, start + 1024)
+            _, f = self.critic(p["obs"][sl], p["act"][sl], return_features=True)
+            _, f_next = self.critic_target(p["next_obs"][sl], p["next_act"][sl], return_features=True)
+            self.cross_cov.update(f.float(), f_next.float())
+        return self.cross_cov.compute()
+
+    def on_train_epoch_end(self) -> None:
+        if self._probe is None:
+            return
+        stats = self.probe_cross_covariance()
+        self.log("c4/cross_cov_fro", stats["fro"].float(), on_epoch=True, sync_dist=False)
+        if "trace" in stats:
+            self.log("c4/cross_cov_trace", stats["trace"].float(), on_epoch=True, sync_dist=False)
+
+    # ------------------------------------------------------------------ callbacks and checkpoints
+    def configure_callbacks(self):
+        if not self.c4.enabled:
+            return []
+        from c4_lightning.c4.callback import ClusterRefitCallback
+
+        return [ClusterRefitCallback(every_n_epochs=self.c4.refit_every_n_epochs)]
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        checkpoint["c4_lightning"] = {"batches_done_in_epoch": self.batches_done_in_epoch,
+                                      "algo": type(self).__name__,
+                                      "env_id": getattr(dm, "env_id", None),
+                                      "ref_scores": getattr(dm, "ref_scores", None)}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        hp = checkpoint.get("hyper_parameters", {})
+        if not self._built and hp.get("obs_dim") is not None:
+            self._build(hp["obs_dim"], hp["act_dim"])
+        self.batches_done_in_epoch = checkpoint.get("c4_lightning", {}).get("batches_done_in_epoch", 0)
+
+
+def polyak_tau_check(tau: float) -> float:
+    if not (0 < tau <= 1) or math.isnan(tau):
+        raise ValueError(f"model.tau={tau} must be in (0, 1]")
+    return tau

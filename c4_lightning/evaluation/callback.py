@@ -1,0 +1,138 @@
+"""``EvalCallback``: periodic deterministic rollouts, normalised scores and the run's final score."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+from lightning.pytorch import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from c4_lightning.data.scores import normalized_score
+from c4_lightning.evaluation.rollout import evaluate_policy
+
+
+def check_env_matches(env_id: str, obs_dim: int, act_dim: int) -> None:
+    """Raise before training when the dataset's shapes do not fit the evaluation env."""
+    try:
+        env = gym.make(env_id)
+    except Exception as err:  # gymnasium raises several error types for unknown/broken envs
+        raise ValueError(f"evaluation env {env_id!r} (from the dataset metadata) cannot be made: {err}. "
+                         "Install its dependencies or set the EvalCallback's env_id") from err
+    o, a = env.observation_space.shape, env.action_space.shape
+    env.close()
+    if o != (obs_dim,) or a != (act_dim,):
+        raise ValueError(f"dataset shapes (obs {obs_dim}, action {act_dim}) do not match env {env_id!r} "
+                         f"(obs {o}, action {a}): the dataset was made for another env; pick the matching "
+                         "data.dataset_id or EvalCallback env_id")
+
+
+class EvalCallback(Callback):
+    """Evaluates the policy every ``every_n_epochs`` epochs on ``episodes`` vectorised episodes.
+
+    Logs ``eval/return``, ``eval/return_std`` and ``eval/normalized_score`` (progress bar shows the latter).
+    The final score is the mean normalised score of the last ``final_window`` evaluations; it is logged as
+    ``eval/final_normalized_score`` and written with the history to ``<log_dir>/summary.json``.
+    An env that raises during an evaluation is reported (``eval/failures``) and training continues.
+    """
+
+    def __init__(self, every_n_epochs: int = 1, episodes: int = 10, seed: int = 10_000, final_window: int = 10,
+                 env_id: str | None = None, max_envs: int = 10):
+        if every_n_epochs < 1 or episodes < 1 or final_window < 1:
+            raise ValueError("EvalCallback: every_n_epochs, episodes and final_window must be >= 1")
+        self.every_n_epochs, self.episodes, self.seed = every_n_epochs, episodes, seed
+        self.final_window, self.env_id, self.max_envs = final_window, env_id, max_envs
+        self.history: list[dict] = []
+        self.failures = 0
+        self._ref: tuple[float, float] | None = None
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        dm = trainer.datamodule
+        self.env_id = self.env_id or getattr(dm, "env_id", None)
+        self._ref = getattr(dm, "ref_scores", None)
+        if self.env_id is None:
+            rank_zero_warn("EvalCallback: the dataset names no env (env_spec missing); evaluation is off")
+            return
+        check_env_matches(self.env_id, dm.obs_dim, dm.act_dim)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, pl_module) -> np.ndarray:
+        def policy(obs: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                act = pl_module.act(torch.as_tensor(obs, dtype=torch.float32, device=pl_module.device))
+            return act.float().cpu().numpy()
+
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            return evaluate_policy(policy, self.env_id, self.episodes, self.seed, self.max_envs)
+        finally:
+            pl_module.train(was_training)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.env_id is None or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        result = None
+        if trainer.is_global_zero:
+            t0 = time.perf_counter()
+            try:
+                rets = self.evaluate(pl_module)
+                result = {"epoch": trainer.current_epoch, "step": trainer.global_step,
+                          "return": float(rets.mean()), "return_std": float(rets.std()),
+                          "seconds": time.perf_counter() - t0}
+                if self._ref is not None:
+                    result["normalized_score"] = float(normalized_score(rets.mean(), *self._ref))
+            except Exception as err:  # an env that breaks must not kill a long run
+                self.failures += 1
+                rank_zero_warn(f"EvalCallback: evaluation at epoch {trainer.current_epoch} failed "
+                               f"({type(err).__name__}: {err}); training continues")
+        result = trainer.strategy.broadcast(result, src=0)
+        pl_module.log("eval/failures", float(self.failures), rank_zero_only=True)
+        if result is None:
+            return
+        self.history.append(result)
+        pl_module.log("eval/return", result["return"], rank_zero_only=True)
+        pl_module.log("eval/return_std", result["return_std"], rank_zero_only=True)
+        if "normalized_score" in result:
+            pl_module.log("eval/normalized_score", result["normalized_score"], prog_bar=True, rank_zero_only=True)
+
+    # ------------------------------------------------------------------ summary
+    def final_score(self) -> float | None:
+        scores = [h["normalized_score"] for h in self.history if "normalized_score" in h]
+        return float(np.mean(scores[-self.final_window:])) if scores else None
+
+    def final_return(self) -> float | None:
+        rets = [h["return"] for h in self.history]
+        return float(np.mean(rets[-self.final_window:])) if rets else None
+
+    def summary(self) -> dict:
+        return {"env_id": self.env_id, "final_normalized_score": self.final_score(),
+                "final_return": self.final_return(), "final_window": self.final_window,
+                "evaluations": self.history, "eval_failures": self.failures}
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero or not self.history:
+            return
+        summary = self.summary()
+        for logger in trainer.loggers:
+            logger.log_metrics({"eval/final_normalized_score": summary["final_normalized_score"] or float("nan"),
+                                "eval/final_return": summary["final_return"]}, step=trainer.global_step)
+        if trainer.log_dir:
+            path = Path(trainer.log_dir) / "summary.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(summary, indent=2))
+        score = summary["final_normalized_score"]
+        rank_zero_info(f"final score (mean of last {min(len(self.history), self.final_window)} evaluations): "
+                       f"return {summary['final_return']:.1f}"
+                       + (f", normalized {score:.1f}" if score is not None else ""))
+
+    def state_dict(self) -> dict:
+        return {"history": self.history, "failures": self.failures}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = list(state_dict.get("history", []))
+        self.failures = int(state_dict.get("failures", 0))
