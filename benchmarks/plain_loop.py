@@ -87,6 +87,7 @@ class PlainCQL:
             a_curr, logp_curr = self.actor(obs_rep)
             a_next, logp_next = self.actor(next_obs_rep)
             a_rand = torch.empty(B * n, A, dtype=obs.dtype).uniform_(-self.max_action, self.max_action)
+            a_backup, _ = self.actor(next_obs)  # every sample from the pre-update policy (CORL, Kumar et al.)
         new_act, log_pi = self.actor(obs)
         alpha_loss = -(self.log_alpha * (log_pi.detach() + self.target_entropy)).mean()
         self.alpha_opt.zero_grad(set_to_none=True)
@@ -99,7 +100,6 @@ class PlainCQL:
         self.actor_opt.step()
 
         with torch.no_grad():
-            a_backup, _ = self.actor(next_obs)
             y = rew + self.gamma * (1.0 - term) * self.critic_target(next_obs, a_backup).min(dim=0).values
         q_pred = self.critic(obs, act)
         td_loss = ((q_pred - y) ** 2).mean(dim=1).sum()

@@ -16,8 +16,10 @@ from c4_lightning.c4.config import C4Config
 
 
 def cql_conservative_gap(q_pred, q_rand, q_curr, q_next, logp_curr, logp_next, act_dim: int, max_action: float,
-                         temperature: float, importance_sample: bool) -> torch.Tensor:
-    """Per-critic ``E_B[ temp * logsumexp(Q_ood / temp) - Q(s, a_data) ]``.
+                         temperature: float, importance_sample: bool, clip_min: float = -math.inf,
+                         clip_max: float = math.inf) -> torch.Tensor:
+    """Per-critic ``E_B[ clamp(temp * logsumexp(Q_ood / temp) - Q(s, a_data), clip_min, clip_max) ]``
+    (clamped per sample before the batch mean, as CORL).
 
     ``q_pred`` is ``[E, B]``; ``q_rand``/``q_curr``/``q_next`` are ``[E, B, n]``; log-densities ``[B, n]``.
     """
@@ -27,7 +29,7 @@ def cql_conservative_gap(q_pred, q_rand, q_curr, q_next, logp_curr, logp_next, a
     else:
         cat = torch.cat([q_rand, q_pred.unsqueeze(-1), q_next, q_curr], dim=-1)
     ood = torch.logsumexp(cat / temperature, dim=-1) * temperature
-    return (ood - q_pred).mean(dim=1)
+    return (ood - q_pred).clamp(clip_min, clip_max).mean(dim=1)
 
 
 class CQL(OfflineRLModule):
@@ -125,6 +127,8 @@ class CQL(OfflineRLModule):
             a_curr, logp_curr = self.actor(obs_rep)
             a_next, logp_next = self.actor(next_obs_rep)
             a_rand = torch.empty(B * n, A, device=obs.device, dtype=obs.dtype).uniform_(-hp.max_action, hp.max_action)
+            if not hp.cql_max_target_backup:  # the backup's a' ~ pi(.|s') also comes from the pre-update policy
+                a_backup, backup_logp = self.actor(next_obs)
 
         # --- alpha and actor
         new_act, log_pi = self.actor(obs)
@@ -152,7 +156,7 @@ class CQL(OfflineRLModule):
                 target_q, arg = q_next_all.max(dim=-1)
                 next_logp = logp_next.view(B, n).gather(1, arg.unsqueeze(-1)).squeeze(-1)
             else:
-                a_backup, next_logp = self.actor(next_obs)
+                next_logp = backup_logp
                 target_q = self.critic_target(next_obs, a_backup).min(dim=0).values
             if hp.backup_entropy:
                 target_q = target_q - alpha * next_logp
@@ -164,8 +168,8 @@ class CQL(OfflineRLModule):
         q_curr = self._q_many(obs_rep, a_curr, B)
         q_next = self._q_many(obs_rep, a_next, B)
         gap = cql_conservative_gap(q_pred, q_rand, q_curr, q_next, logp_curr.view(B, n), logp_next.view(B, n),
-                                   A, hp.max_action, hp.cql_temp, hp.cql_importance_sample)
-        gap = gap.clamp(hp.cql_clip_diff_min, hp.cql_clip_diff_max)
+                                   A, hp.max_action, hp.cql_temp, hp.cql_importance_sample,
+                                   hp.cql_clip_diff_min, hp.cql_clip_diff_max)
         if hp.cql_lagrange:
             alpha_prime = self.log_alpha_prime.exp().clamp(0.0, 1e6)
             alpha_prime_loss = -(alpha_prime * hp.cql_alpha * (gap.detach() - hp.cql_target_action_gap)).sum() * 0.5
