@@ -14,6 +14,7 @@ from c4_lightning.c4.config import C4Config
 from c4_lightning.c4.features import input_gradients
 from c4_lightning.c4.metrics import CrossCovarianceMetric
 from c4_lightning.c4.penalty import cross_cov_penalty, feature_dot_penalty, grad_cross_cov_penalty
+from c4_lightning.reliability import rng_state, set_rng_state
 
 
 class NonFiniteLossError(RuntimeError):
@@ -59,6 +60,7 @@ class OfflineRLModule(L.LightningModule):
 
     def finish_init(self) -> None:
         """Subclasses call this last in ``__init__`` (after ``save_hyperparameters``)."""
+        self._hparams_initial = copy.deepcopy(self._hparams)  # loggers record hparams_initial: include the c4 group
         if self.hparams.get("obs_dim") is not None and self.hparams.get("act_dim") is not None:
             self._build(self.hparams["obs_dim"], self.hparams["act_dim"])
 
@@ -161,7 +163,14 @@ class OfflineRLModule(L.LightningModule):
             + "lower the learning rates or penalty weight, or check the data for extreme values")
 
     def should_log(self) -> bool:
-        return int(self.updates_done) % self.hparams.log_every_n_steps == 0
+        """True at the updates whose metrics reach the loggers. Under a Trainer that is every
+        ``trainer.log_every_n_steps`` updates: Lightning writes the latest ``self.log`` value at each of its logging
+        steps, so logging on another cadence would repeat stale values (or drop points). Without a Trainer (or with
+        its logging off) ``log_every_n_steps`` decides; the CLI links the two."""
+        every = self.hparams.log_every_n_steps
+        if self._trainer is not None and getattr(self._trainer, "log_every_n_steps", 0):
+            every = self._trainer.log_every_n_steps
+        return int(self.updates_done) % every == 0
 
     # ------------------------------------------------------------------ training loop
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
@@ -211,13 +220,16 @@ class OfflineRLModule(L.LightningModule):
         checkpoint["c4_lightning"] = {"batches_done_in_epoch": self.batches_done_in_epoch,
                                       "algo": type(self).__name__,
                                       "env_id": getattr(dm, "env_id", None),
-                                      "ref_scores": getattr(dm, "ref_scores", None)}
+                                      "ref_scores": getattr(dm, "ref_scores", None),
+                                      "rng": rng_state()}  # so a resumed run draws the same noise
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         hp = checkpoint.get("hyper_parameters", {})
         if not self._built and hp.get("obs_dim") is not None:
             self._build(hp["obs_dim"], hp["act_dim"])
         self.batches_done_in_epoch = checkpoint.get("c4_lightning", {}).get("batches_done_in_epoch", 0)
+        if self._trainer is not None:  # resuming with a Trainer (not load_from_checkpoint): continue the RNG streams
+            set_rng_state(checkpoint.get("c4_lightning", {}).get("rng"))
 
 
 def polyak_tau_check(tau: float) -> float:

@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from c4_lightning.c4.clustering import ClusterFitError, ClusterModel, fit_partition, project_2d, raw_features
 from c4_lightning.c4.features import clustering_features
 from c4_lightning.c4.plots import cluster_scatter_figure, figure_to_image
+from c4_lightning.reliability import check_cluster_sampling
 
 
 def trajectory_tail_members(labels: np.ndarray, episode_ids: np.ndarray, n_clusters: int) -> list[np.ndarray]:
@@ -152,6 +153,21 @@ class ClusterRefitCallback(Callback):
                                             dataformats="HWC")
 
     # ------------------------------------------------------------------ hooks
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        """At the door: apply ``model.c4.min_cluster_size`` and refuse settings whose clusters cannot be sampled."""
+        dm = trainer.datamodule
+        if stage != "fit" or getattr(dm, "sampler", None) is None:
+            return
+        cfg = self._cfg(pl_module)
+        if cfg.min_cluster_size is not None:
+            if dm.min_cluster_size is not None and int(dm.min_cluster_size) != int(cfg.min_cluster_size):
+                raise ValueError(f"model.c4.min_cluster_size={cfg.min_cluster_size} and data.min_cluster_size="
+                                 f"{dm.min_cluster_size} disagree; set only one of them")
+            dm.sampler.min_cluster_size = cfg.min_cluster_size
+        check_cluster_sampling(dm.num_transitions, dm.batch_size,
+                               1 if cfg.extend_with_trajectory_tail else cfg.n_clusters,  # overlapping clusters
+                               dm.sampler._min_cluster_size_arg)
+
     def on_train_start(self, trainer, pl_module) -> None:
         if self.labels is None:
             self.partition(trainer, pl_module, initial=True)
@@ -164,12 +180,18 @@ class ClusterRefitCallback(Callback):
             self.partition(trainer, pl_module, initial=False)
 
     # ------------------------------------------------------------------ checkpoint state
-    def state_dict(self) -> dict:
-        return {"labels": self.labels, "model": self.model.state_dict() if self.model is not None else None,
-                "refits": self.refits, "failures": self.failures}
+    def state_dict(self) -> dict:  # tensors, not numpy arrays: checkpoints stay loadable with weights_only=True
+        model = self.model.state_dict() if self.model is not None else None
+        if model is not None:
+            model = {k: torch.from_numpy(np.array(v)) if isinstance(v, np.ndarray) else v for k, v in model.items()}
+        return {"labels": torch.from_numpy(np.array(self.labels)) if self.labels is not None else None,
+                "model": model, "refits": self.refits, "failures": self.failures}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.labels = state_dict.get("labels")
+        labels = state_dict.get("labels")
+        if isinstance(labels, torch.Tensor):
+            labels = labels.numpy()
+        self.labels = np.asarray(labels) if labels is not None else None
         model = state_dict.get("model")
         self.model = ClusterModel.from_state_dict(model) if model is not None else None
         self.refits = int(state_dict.get("refits", 0))

@@ -174,6 +174,12 @@ class OfflineRLDataModule(pl.LightningDataModule):
             start += mat.shape[1]
             mats.append(mat)
         self._packed = torch.cat(mats, dim=1).contiguous()
+        bad = [name for name, sl in layout.items() if not torch.isfinite(self._packed[:, sl]).all()]
+        if bad:  # the raw data were finite (check_finite above): the transformation overflowed float32
+            raise DatasetError(
+                f"data.reward_scale={self.reward_scale}, data.reward_bias={self.reward_bias} or the observation "
+                f"normalisation turn {', '.join(bad)} into NaN/Inf in float32; use a smaller reward_scale/bias"
+            )
         self._layout = layout
         self.transitions = t
         self._build_sampler()
@@ -228,6 +234,9 @@ class OfflineRLDataModule(pl.LightningDataModule):
             sampler=self.sampler,
             num_workers=0,
             collate_fn=_identity_collate,
+            # private generator: the iterator's base-seed draw must not consume the global torch RNG, which the
+            # algorithms use (C4 off must draw exactly the plain loop's random numbers)
+            generator=torch.Generator(),
         )
 
     def features_input(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

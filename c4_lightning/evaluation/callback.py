@@ -115,14 +115,15 @@ class EvalCallback(Callback):
                 "evaluations": self.history, "eval_failures": self.failures}
 
     def on_train_end(self, trainer, pl_module) -> None:
+        log_dir = trainer.log_dir  # a collective under DDP (broadcast): every rank must ask, not rank 0 alone
         if not trainer.is_global_zero or not self.history:
             return
         summary = self.summary()
         for logger in trainer.loggers:
             logger.log_metrics({"eval/final_normalized_score": summary["final_normalized_score"] or float("nan"),
                                 "eval/final_return": summary["final_return"]}, step=trainer.global_step)
-        if trainer.log_dir:
-            path = Path(trainer.log_dir) / "summary.json"
+        if log_dir:
+            path = Path(log_dir) / "summary.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(summary, indent=2))
         score = summary["final_normalized_score"]
