@@ -53,6 +53,7 @@ class OfflineRLModule(L.LightningModule):
         self.register_buffer("obs_mean", torch.zeros(0))
         self.register_buffer("obs_std", torch.ones(0))
         self.register_buffer("updates_done", torch.zeros((), dtype=torch.long))
+        self.n_updates = 0  # host-side mirror of ``updates_done``: read in the hot path without a device sync
         self.batches_done_in_epoch = 0
         self._built = False
         self._probe: dict[str, torch.Tensor] | None = None
@@ -158,7 +159,7 @@ class OfflineRLModule(L.LightningModule):
             path.parent.mkdir(parents=True, exist_ok=True)
             self.trainer.save_checkpoint(path)
         raise NonFiniteLossError(
-            f"non-finite {', '.join(bad)} at update {int(self.updates_done)} (epoch {self.current_epoch}); "
+            f"non-finite {', '.join(bad)} at update {self.n_updates} (epoch {self.current_epoch}); "
             + (f"last good state saved to {path}; " if path else "")
             + "lower the learning rates or penalty weight, or check the data for extreme values")
 
@@ -170,7 +171,7 @@ class OfflineRLModule(L.LightningModule):
         every = self.hparams.log_every_n_steps
         if self._trainer is not None and getattr(self._trainer, "log_every_n_steps", 0):
             every = self._trainer.log_every_n_steps
-        return int(self.updates_done) % every == 0
+        return self.n_updates % every == 0
 
     # ------------------------------------------------------------------ training loop
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
@@ -179,6 +180,7 @@ class OfflineRLModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logs = self.update(batch)
         self.updates_done += 1
+        self.n_updates += 1
         self.batches_done_in_epoch = batch_idx + 1
         if logs and self.should_log():
             self.log_dict({(k if "/" in k else f"train/{k}"): v for k, v in logs.items()}, on_step=True, on_epoch=False)
@@ -228,6 +230,8 @@ class OfflineRLModule(L.LightningModule):
         if not self._built and hp.get("obs_dim") is not None:
             self._build(hp["obs_dim"], hp["act_dim"])
         self.batches_done_in_epoch = checkpoint.get("c4_lightning", {}).get("batches_done_in_epoch", 0)
+        done = checkpoint.get("state_dict", {}).get("updates_done")
+        self.n_updates = int(done) if done is not None else 0
         if self._trainer is not None:  # resuming with a Trainer (not load_from_checkpoint): continue the RNG streams
             set_rng_state(checkpoint.get("c4_lightning", {}).get("rng"))
 

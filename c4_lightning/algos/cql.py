@@ -139,7 +139,7 @@ class CQL(OfflineRLModule):
             logs["alpha_loss"] = alpha_loss.detach()
         else:
             alpha = obs.new_tensor(hp.alpha_multiplier)
-        if int(self.updates_done) < hp.bc_steps:
+        if self.n_updates < hp.bc_steps:
             actor_loss = (alpha * log_pi - self.actor.log_prob(obs, act)).mean()
         else:
             q_new = self.critic(obs, new_act).min(dim=0).values

@@ -86,7 +86,7 @@ class TD3BC(OfflineRLModule):
         self.check_finite(critic_loss=critic_loss)
         self.step_optimizer(critic_opt, critic_loss, counted=True)
 
-        if (int(self.updates_done) + 1) % hp.policy_delay == 0:  # CORL: total_it counts from 1
+        if (self.n_updates + 1) % hp.policy_delay == 0:  # CORL: total_it counts from 1
             pi = self.actor(obs)
             q_pi = self.critic(obs, pi)[0]
             lmbda = hp.alpha / q_pi.abs().mean().detach()
