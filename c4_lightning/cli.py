@@ -1,38 +1,181 @@
-"""``python train.py fit --config configs/td3bc_c4.yaml`` — LightningCLI for TD3BC / CQL with C4."""
+"""``python train.py fit --config configs/td3bc_c4.yaml`` — LightningCLI for TD3BC / CQL with C4.
+
+Every option of the algorithm (``--model.*``, including the ``--model.c4.*`` group), the data
+(``--data.*``) and the Trainer (``--trainer.*``) can be set in the YAML config or overridden on the
+command line; ``--print_config`` writes the complete, re-loadable configuration. Examples::
+
+    python train.py fit --config configs/td3bc_c4.yaml --model.c4.penalty_weight 0.5 --data.max_transitions 10000
+    python train.py fit --config configs/cql_c4.yaml --trainer.devices 2 --trainer.strategy ddp
+    python train.py fit --config configs/td3bc_c4.yaml --trainer.precision bf16-mixed
+    python train.py fit --config runs/td3bc_c4/lightning_logs/version_0/config.yaml \\
+        --ckpt_path runs/td3bc_c4/lightning_logs/version_0/checkpoints/last.ckpt   # exact resume
+
+``--model.c4.X`` and ``--model.init_args.c4.X`` are the same option (jsonargparse accepts both spellings for
+the subclass-typed ``model``); ``--model.c4.lambda`` is accepted as an alias of ``--model.c4.penalty_weight``.
+The algorithm is the config's ``model.class_path`` (``c4_lightning.algos.TD3BC`` or ``c4_lightning.algos.CQL``;
+``--model TD3BC`` / ``--model CQL`` on the command line).
+
+Defaults the CLI adds: TensorBoard logging (Lightning's default logger; hyper-parameters of the model and
+the data are recorded), ``last.ckpt`` every epoch, graceful SIGTERM/SIGINT stop with a resumable checkpoint,
+and a progress bar showing the update count, the latest losses and the latest normalised score.
+``trainer.log_every_n_steps`` also sets the module's logging interval (one knob, so logged steps always match).
+
+Distributed training: ``--trainer.strategy ddp`` trains with ``find_unused_parameters=True`` (the manual
+optimisation runs several backward passes per step that each touch only part of the parameters); for
+several machines add ``--trainer.num_nodes N`` and launch the same command on each node (torchrun or
+SLURM, see Lightning's multi-node docs). Each rank draws its own batch of the same cluster.
+Precision: ``32-true`` (default), ``bf16-mixed`` (CPU and GPU) and ``16-mixed`` (CUDA only: fp16 autocast with
+Lightning's GradScaler, loss scaling inside ``manual_backward``; on a CPU Lightning substitutes ``bf16-mixed``).
+"""
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
 import sys
+import warnings
 from pathlib import Path
+from typing import Any
 
-from lightning.pytorch.callbacks import ModelCheckpoint
 from jsonargparse import ActionConfigFile
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.strategies import DDPStrategy
 
 from c4_lightning.algos.base import NonFiniteLossError, OfflineRLModule
 from c4_lightning.data.datamodule import OfflineRLDataModule
 from c4_lightning.evaluation.callback import EvalCallback
-from c4_lightning.reliability import GracefulShutdown, TrainingInterrupted
+from c4_lightning.reliability import GracefulShutdown, TrainingInterrupted, error_line
+
+# ---------------------------------------------------------------------------------------------- errors
+
+_OWN_MESSAGE = re.compile(r"^(model|data|trainer)\.[\w.]+\b")
+_PARSER_KEY = re.compile(r'^Parser key "([^"]+)":\s*(.*)$')
+_NOT_ACCEPTED = re.compile(r"^Option '([^']+)' is not accepted")
+_LITERAL = re.compile(r"typing\.Literal\[(.*?)\]")
+_EXPECTED = re.compile(r"^\(?Expected a <class '([^']+)'>\.? ?(?:Got value: (.*?))?\)?$")
+_GIVEN = re.compile(r"^Given value: (.*)$")
+_GOT = re.compile(r"Got value: (.*?)\)?$")
+_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value",
+          "Expected a <class 'NoneType'>")
+
+
+def _full_option(key: str) -> str:
+    """``penalty`` -> ``--model.c4.penalty`` when the command line names it that way (jsonargparse reports
+    only the last component of keys inside nested dataclass groups)."""
+    if "." in key:
+        return f"--{key}"
+    for arg in _CURRENT.get("argv") or []:
+        m = re.match(r"^--([\w.]*\.)?" + re.escape(key) + r"(=|$)", str(arg))
+        if m:
+            name = f"{m.group(1) or ''}{key}".replace(".init_args.", ".")
+            return f"--{name}"
+    return f"--{key}"
+
+
+def looks_like_parser_error(message: str) -> bool:
+    text = str(message)
+    return text.startswith("Parser key") or "Does not validate against any of the Union subtypes" in text
+
+
+def one_line_error(message: str) -> str:
+    """Turn a (possibly nested, multi-line) jsonargparse error into one line that names the option."""
+    lines = [ln.strip().lstrip("-").strip() for ln in str(message).splitlines() if ln.strip()]
+    lines = [ln for ln in lines if ln] or ["invalid arguments"]
+    # 1. our own validation messages ("model.c4.penalty_weight=-1.0 must be >= 0") say it best
+    for ln in lines:
+        if _OWN_MESSAGE.match(ln):
+            return ln
+    m = _NOT_ACCEPTED.match(lines[0])
+    if m:
+        return f"{_full_option(m.group(1))} is not an option (see --help)"
+    m = _PARSER_KEY.match(lines[0])
+    prefix = f"{_full_option(m.group(1))}: " if m else ""
+    body = ([m.group(2)] if m and m.group(2) else []) + lines[1:] if m else lines
+    given = None
+    for ln in body:
+        g = _GIVEN.match(ln) or _GOT.search(ln)
+        if g:
+            given = g.group(1).strip()
+    # 2. a value outside a set of literals: list the choices
+    choices: list[str] = []
+    for ln in body:
+        for lit in _LITERAL.findall(ln):
+            for c in lit.split(","):
+                c = c.strip().strip("'\"")
+                if c and c not in choices:
+                    choices.append(c)
+    if choices and given is not None:
+        return f"{prefix}{given!r} is not one of: {', '.join(choices)}"
+    # 3. a single type mismatch: "expected int, got 'abc'"
+    for ln in body:
+        e = _EXPECTED.match(ln)
+        if e and e.group(1) != "NoneType":
+            got = e.group(2) if e.group(2) is not None else given
+            return f"{prefix}expected {e.group(1)}" + (f", got {got.strip()!r}" if got is not None else "")
+    # 4. otherwise the first informative line (joined with its continuation when it ends with a colon)
+    useful = [ln for ln in body if not ln.startswith(_NOISE)]
+    if useful:
+        text = useful[0]
+        if text.endswith(":") and len(useful) > 1:
+            text = f"{text} {useful[1]}"
+        return f"{prefix}{text}"
+    return f"{prefix}{lines[0]}" if prefix else lines[0]
 
 
 class OneLineErrorParser(LightningArgumentParser):
-    """Argument errors as one line naming the option (no usage wall)."""
+    """Argument errors as one line naming the option (no usage wall, no traceback)."""
 
     def error(self, message: str, ex: Exception | None = None):  # jsonargparse signature
-        lines = [ln.strip() for ln in str(message).splitlines() if ln.strip()]
-        text = lines[0] if lines else "invalid arguments"
-        # jsonargparse explains nested failures below the first line; keep the most specific one
-        detail = next((ln for ln in reversed(lines[1:]) if "key" in ln.lower() or "expected" in ln.lower()), None)
-        if detail and detail not in text:
-            text = f"{text} ({detail})"
-        sys.stderr.write(f"error: {text}\n")
+        sys.stderr.write(f"error: {one_line_error(message)}\n")
         sys.exit(2)
 
 
+# ---------------------------------------------------------------------------------------------- progress bar
+
+
+def _scalar(value: Any) -> Any:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
+class C4ProgressBar(TQDMProgressBar):
+    """TQDM bar with ``step`` (gradient updates so far), the latest critic/actor losses and the latest
+    normalised evaluation score (``score``) instead of the logger version number."""
+
+    SHOWN = (("critic_loss", "critic_loss"), ("train/critic_loss", "critic_loss"),
+             ("train/actor_loss", "actor_loss"), ("eval/normalized_score", "score"))
+    HIDDEN = ("v_num", "critic_loss", "eval/normalized_score")
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        items = super().get_metrics(trainer, pl_module)
+        shown: dict[str, Any] = {"step": trainer.global_step}
+        metrics = trainer.callback_metrics
+        for key, name in self.SHOWN:
+            if name not in shown and key in metrics:
+                shown[name] = _scalar(metrics[key])
+        shown.update({k: v for k, v in items.items() if k not in self.HIDDEN})
+        return shown
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def enable_unused_parameter_detection(strategy) -> None:
+    """Manual optimisation runs several backward passes per step (critic, actor, temperature), each reaching
+    only some parameters: plain ``ddp`` would wait forever for the others' gradients. Switch DDP to
+    ``find_unused_parameters=True`` unless the user chose explicitly (``ddp_find_unused_parameters_false``)."""
+    if isinstance(strategy, DDPStrategy):
+        strategy._ddp_kwargs.setdefault("find_unused_parameters", True)
+
+
 class C4LightningCLI(LightningCLI):
-    """LightningCLI with the package's defaults: TensorBoard, evaluation, ``last.ckpt`` every epoch and
-    graceful SIGTERM/SIGINT handling are always on, and the run ends by printing where its logs are."""
+    """LightningCLI with the package's defaults: TensorBoard, evaluation, ``last.ckpt`` every epoch,
+    graceful SIGTERM/SIGINT handling and the C4 progress bar are always on, DDP works with manual
+    optimisation, and the run ends by printing where its logs are."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("model_class", OfflineRLModule)
@@ -40,8 +183,17 @@ class C4LightningCLI(LightningCLI):
         kwargs.setdefault("datamodule_class", OfflineRLDataModule)
         kwargs.setdefault("seed_everything_default", 0)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("auto_configure_optimizers", False)  # the algorithms build their own optimisers
+        defaults = dict(kwargs.get("trainer_defaults") or {})
+        defaults.setdefault("use_distributed_sampler", False)  # ClusterBatchSampler is distribution-aware
+        kwargs["trainer_defaults"] = defaults
         kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf"} if _has_omegaconf() else {})
-        super().__init__(*args, **kwargs)
+        if kwargs.get("args") is not None and not isinstance(kwargs["args"], dict):
+            _CURRENT["argv"] = [str(a) for a in kwargs["args"]]
+        with warnings.catch_warnings():
+            # args=[...] from Python (notebooks, tests) while sys.argv holds the host's own arguments is intended
+            warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter is intended.*")
+            super().__init__(*args, **kwargs)
 
     def init_parser(self, **kwargs) -> LightningArgumentParser:
         kwargs.setdefault("dump_header", ["c4_lightning config: python train.py fit --config this.yaml"])
@@ -50,17 +202,29 @@ class C4LightningCLI(LightningCLI):
                             help="Path to a configuration file in json or yaml format.")
         return parser
 
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # one logging interval: the module logs exactly on the steps the Trainer writes to the logger
+        parser.link_arguments("trainer.log_every_n_steps", "model.init_args.log_every_n_steps")
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
+        configured = list(config.get("callbacks") or []) + list(callbacks)
+        extra = []
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured):
+            extra.append(C4ProgressBar())
+        if not any(isinstance(c, GracefulShutdown) for c in configured):
+            extra.append(GracefulShutdown())
+        return super()._instantiate_trainer(config, list(callbacks) + extra)
+
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
         _CURRENT["cli"] = self
         callbacks = trainer.callbacks
-        if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+        if trainer.checkpoint_callback is None and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
             callbacks.append(ModelCheckpoint(save_last=True, every_n_epochs=1))
         for c in callbacks:
             if isinstance(c, ModelCheckpoint) and not c.save_last:
                 c.save_last = True
-        if not any(isinstance(c, GracefulShutdown) for c in callbacks):
-            callbacks.append(GracefulShutdown())
+        enable_unused_parameter_detection(trainer.strategy)
         return trainer
 
     def before_fit(self) -> None:
@@ -70,9 +234,9 @@ class C4LightningCLI(LightningCLI):
         return Path(self.trainer.log_dir) if self.trainer.log_dir else None
 
     def after_fit(self) -> None:
+        log_dir = self._log_dir()  # trainer.log_dir is a collective under DDP: all ranks ask
         if not self.trainer.is_global_zero:
             return
-        log_dir = self._log_dir()
         evals = [c for c in self.trainer.callbacks if isinstance(c, EvalCallback)]
         score = evals[0].final_score() if evals else None
         ckpt = next((c.last_model_path for c in self.trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
@@ -101,11 +265,79 @@ def _remove_empty_run_dir(cli: C4LightningCLI | None) -> None:
     log_dir = Path(trainer.log_dir)
     if log_dir.exists() and trainer.global_step == 0 and not any(log_dir.rglob("*.ckpt")):
         shutil.rmtree(log_dir, ignore_errors=True)
+    if not log_dir.exists():  # and the logger's folder (lightning_logs/) when it is left empty
+        try:
+            log_dir.parent.rmdir()
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------------------------------------- console
+
+
+class _Below(logging.Filter):
+    def __init__(self, level: int):
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < self.level
+
+
+class _DropAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in str(record.msg).lower()
+
+
+def configure_console() -> None:
+    """Command-line hygiene: Lightning's info messages go to stdout, warnings and errors to stderr (so a
+    failed run's stderr is just its error), without Lightning's adverts or library deprecation noise."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        if getattr(logger, "_c4_configured", False):
+            continue
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and getattr(handler, "stream", None) is sys.stderr:
+                handler.setLevel(logging.WARNING)
+        out = logging.StreamHandler(sys.stdout)
+        out.addFilter(_Below(logging.WARNING))
+        out.addFilter(_DropAdverts())
+        logger.addHandler(out)
+        logger._c4_configured = True  # type: ignore[attr-defined]
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")  # torch>=2.10 vs lightning's pytree
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")  # in-memory data: no workers
+    # epoch-level diagnostics are computed identically on every rank (same parameters, same probe set) and
+    # evaluation runs on rank 0 and is broadcast: nothing to reduce
+    warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")  # DDP child processes
+
+
+_ALIASES = {"lambda": "penalty_weight"}
+
+
+def _apply_aliases(argv: list[str]) -> list[str]:
+    """``--model.c4.lambda X`` (the paper's name) -> ``--model.c4.penalty_weight X``."""
+    out = []
+    for arg in argv:
+        m = re.match(r"^(--model\.(?:init_args\.)?c4\.)(\w+)(=.*)?$", arg)
+        if m and m.group(2) in _ALIASES:
+            arg = f"{m.group(1)}{_ALIASES[m.group(2)]}{m.group(3) or ''}"
+        out.append(arg)
+    return out
 
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``train.py`` and ``c4-train``: clear one-line errors instead of tracebacks."""
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    configure_console()
+    if args is None:  # keep sys.argv authoritative (DDP re-launches the script with it)
+        sys.argv[1:] = _apply_aliases(sys.argv[1:])
+        argv = list(sys.argv[1:])
+    else:
+        args = argv = _apply_aliases(list(args))
+    _CURRENT["argv"] = argv
     cli = None
     try:
         cli = C4LightningCLI(args=args)
@@ -115,9 +347,12 @@ def main(args: list[str] | None = None) -> None:
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(3)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, TypeError, FileNotFoundError, MisconfigurationException) as err:
+        if isinstance(err, TypeError) and not looks_like_parser_error(str(err)):
+            raise
         _remove_empty_run_dir(cli or _CURRENT.get("cli"))
-        print(f"error: {err}", file=sys.stderr)
+        text = one_line_error(str(err)) if looks_like_parser_error(str(err)) else error_line(err)
+        print(f"error: {text}", file=sys.stderr)
         sys.exit(2)
 
 
