@@ -9,8 +9,9 @@ from lightning.pytorch import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
-from c4_lightning.c4.clustering import ClusterFitError, ClusterModel, fit_partition, project_2d, raw_features
-from c4_lightning.c4.features import clustering_features
+from c4_lightning.c4.clustering import (ClusterFitError, ClusterModel, _subsample_index, fit_partition, project_2d,
+                                        raw_features)
+from c4_lightning.c4.features import CriticFeatureRows, clustering_features
 from c4_lightning.c4.plots import cluster_scatter_figure, figure_to_image
 from c4_lightning.reliability import check_cluster_sampling
 
@@ -35,6 +36,23 @@ def trajectory_tail_members(labels: np.ndarray, episode_ids: np.ndarray, n_clust
     return members
 
 
+def cluster_scatter_image(features, model: ClusterModel, labels: np.ndarray, sources: np.ndarray,
+                          source_names: list[str], max_points: int = 5000, seed: int = 0) -> np.ndarray:
+    """The ``c4/clusters`` TensorBoard image (HWC uint8): PCA scatter of at most ``max_points`` rows, by cluster
+    and by source.
+
+    Only the drawn rows are projected: they are the uniform subsample that ``cluster_scatter_figure`` would draw
+    from all ``N`` points with ``seed`` (the same indices), so the picture is the one of projecting every row and
+    letting the figure subsample, at ``max_points / N`` of the projection cost."""
+    if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 1:
+        raise ValueError(f"max_points must be a positive int, got {max_points!r}")
+    labels, sources = np.asarray(labels), np.asarray(sources)
+    idx = _subsample_index(labels.shape[0], max_points, seed)
+    fig = cluster_scatter_figure(project_2d(features, model, rows=idx), labels[idx], sources[idx], source_names,
+                                 max_points=max_points, seed=seed)
+    return figure_to_image(fig)
+
+
 class ClusterRefitCallback(Callback):
     """Partitions the dataset for C4's single-cluster batches.
 
@@ -43,6 +61,9 @@ class ClusterRefitCallback(Callback):
     refits the GMM on rank 0 (warm-started from the previous partition), broadcasts the labels to all
     ranks and hands them to the sampler. A failed fit keeps the previous partition, warns and counts
     ``c4/refit_failures``. Logs cluster sizes, refit seconds and a PCA scatter image of the clusters.
+
+    The critic features are never held as one ``[N, 2H]`` matrix: the fit asks for the rows it needs
+    (:meth:`feature_source`), and the scatter projects only the points it draws.
     """
 
     def __init__(self, every_n_epochs: int | None = None, log_scatter: bool = True, scatter_points: int = 5000,
@@ -66,6 +87,7 @@ class ClusterRefitCallback(Callback):
         return self.every_n_epochs if self.every_n_epochs is not None else self._cfg(pl_module).refit_every_n_epochs
 
     def compute_features(self, trainer, pl_module) -> np.ndarray:
+        """All ``N`` rows of the critic features ``[N, 2H]`` as one array (refits use :meth:`feature_source`)."""
         obs, act, next_obs, next_act = trainer.datamodule.features_input()
         was_training = pl_module.training
         pl_module.eval()
@@ -76,7 +98,15 @@ class ClusterRefitCallback(Callback):
             pl_module.train(was_training)
         return feats.numpy() if isinstance(feats, torch.Tensor) else np.asarray(feats)
 
-    def _fit(self, features: np.ndarray, pl_module) -> tuple[np.ndarray, ClusterModel]:
+    def feature_source(self, trainer, pl_module) -> CriticFeatureRows:
+        """The critic features as a row source: computed by the fit as it needs them (the subsample, then every
+        other row once, block by block) instead of materialising ``[N, 2H]``. Use it while the critics are
+        unchanged and the module is in eval mode (:meth:`partition` does both)."""
+        obs, act, next_obs, next_act = trainer.datamodule.features_input()
+        return CriticFeatureRows(pl_module.critic, pl_module.critic_target, obs, act, next_obs, next_act,
+                                 kind=self._cfg(pl_module).feature)
+
+    def _fit(self, features, pl_module) -> tuple[np.ndarray, ClusterModel]:
         cfg = self._cfg(pl_module)
         return fit_partition(features, n_clusters=cfg.n_clusters, pca_dim=cfg.pca_dim,
                              fit_subsample=cfg.fit_subsample, seed=self.seed + self.refits,
@@ -84,9 +114,10 @@ class ClusterRefitCallback(Callback):
 
     def partition(self, trainer, pl_module, initial: bool) -> None:
         """Fit on rank 0, broadcast, apply. Keeps the previous partition when the fit fails."""
-        result, features2d = None, None
+        result, image = None, None
         if trainer.is_global_zero:
             t0 = time.perf_counter()
+            was_training = pl_module.training
             try:
                 if initial:
                     obs, act, _, _ = trainer.datamodule.features_input()
@@ -94,16 +125,22 @@ class ClusterRefitCallback(Callback):
                 else:
                     if self._cfg(pl_module).average_critics_at_refit:
                         self._average_critics(pl_module)
-                    features = self.compute_features(trainer, pl_module)
+                    features = self.feature_source(trainer, pl_module)
+                    pl_module.eval()  # the features are computed during the fit (and for the scatter)
                 labels, model = self._fit(features, pl_module)
                 result = (labels, model)
-                if self.log_scatter:
-                    features2d = (features, model)
+                self.last_seconds = time.perf_counter() - t0
+                if self.log_scatter and any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers):
+                    dm = trainer.datamodule
+                    image = cluster_scatter_image(features, model, labels, dm.sources.cpu().numpy(),
+                                                  dm.source_names, max_points=self.scatter_points)
             except ClusterFitError as err:
                 self.failures += 1
                 rank_zero_warn(f"C4 refit at epoch {trainer.current_epoch} failed ({err}); "
                                "keeping the previous partition")
-            self.last_seconds = time.perf_counter() - t0
+                self.last_seconds = time.perf_counter() - t0
+            finally:
+                pl_module.train(was_training)
         if trainer.world_size > 1 and self._cfg(pl_module).average_critics_at_refit and not initial:
             for p in pl_module.critic.parameters():  # keep ranks identical after the rank-0 averaging
                 p.data.copy_(trainer.strategy.broadcast(p.data, src=0))
@@ -115,7 +152,7 @@ class ClusterRefitCallback(Callback):
             self.labels = np.asarray(labels)
             self.refits += 1
             self.apply(trainer, pl_module)
-        self._log(trainer, pl_module, features2d)
+        self._log(trainer, pl_module, image)
 
     def apply(self, trainer, pl_module) -> None:
         dm = trainer.datamodule
@@ -131,7 +168,7 @@ class ClusterRefitCallback(Callback):
             for p in pl_module.critic.parameters():
                 p.copy_(p.mean(dim=0, keepdim=True).expand_as(p))
 
-    def _log(self, trainer, pl_module, features2d) -> None:
+    def _log(self, trainer, pl_module, image) -> None:
         if not trainer.is_global_zero:
             return
         sizes = np.bincount(self.labels, minlength=self._cfg(pl_module).n_clusters) if self.labels is not None else []
@@ -140,17 +177,11 @@ class ClusterRefitCallback(Callback):
                         "c4/refits": float(self.refits)})
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
-        if features2d is None:
+        if image is None:
             return
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                features, model = features2d
-                dm = trainer.datamodule
-                fig = cluster_scatter_figure(project_2d(features, model), self.labels,
-                                             dm.sources.cpu().numpy(), dm.source_names,
-                                             max_points=self.scatter_points)
-                logger.experiment.add_image("c4/clusters", figure_to_image(fig), trainer.global_step,
-                                            dataformats="HWC")
+                logger.experiment.add_image("c4/clusters", image, trainer.global_step, dataformats="HWC")
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer, pl_module, stage: str) -> None:

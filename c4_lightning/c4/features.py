@@ -5,15 +5,19 @@
   ``grad_cross_cov`` penalty needs.
 * :func:`clustering_features` gives the per-transition vector that C4 clusters, ``[phi(s, a), phi_bar(s', a')]``,
   computed in chunks without keeping any autograd graph and returned on the CPU.
+* :class:`CriticFeatureRows` gives the same rows on demand (``rows(idx)``), so a refit computes only the rows it
+  needs, when it needs them, and never holds the ``[N, 2F]`` matrix.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["FEATURE_KINDS", "input_gradients", "clustering_features"]
+__all__ = ["FEATURE_KINDS", "input_gradients", "clustering_features", "CriticFeatureRows"]
 
 FEATURE_KINDS = ("penultimate", "gradient")
+CPU_CHUNK, ACCELERATOR_CHUNK = 2048, 65536  # default rows per forward pass of clustering_features
 
 
 def _check_obs_act(obs: torch.Tensor, act: torch.Tensor, oname: str, aname: str) -> None:
@@ -78,7 +82,7 @@ def clustering_features(
     next_obs: torch.Tensor,
     next_act: torch.Tensor,
     kind: str = "penultimate",
-    chunk_size: int = 65536,
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """The vector C4 clusters, per transition: ``[phi(s, a), phi_bar(s', a')]``.
 
@@ -88,15 +92,16 @@ def clustering_features(
 
     Rows are processed ``chunk_size`` at a time on the critic's device (inputs may live anywhere; each chunk is
     moved there) and no autograd graph is kept, so memory stays bounded and the result does not depend on the
-    chunk size.
+    chunk size. The default (None) is 2048 rows on a CPU, where a chunk's ``[E, rows, H]`` activations then stay
+    in cache (about twice as fast as 65536 rows for 2x256 critics), and 65536 rows on an accelerator.
 
     Returns:
         ``[N, 2F]`` float32 tensor on the CPU.
     """
     if kind not in FEATURE_KINDS:
         raise ValueError(f"kind must be one of {list(FEATURE_KINDS)}, got {kind!r}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int (rows per forward pass), got {chunk_size!r}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int (rows per forward pass) or None, got {chunk_size!r}")
     _check_obs_act(obs, act, "obs", "act")
     _check_obs_act(next_obs, next_act, "next_obs", "next_act")
     n = obs.shape[0]
@@ -113,6 +118,8 @@ def clustering_features(
     t_device, _ = _critic_device_dtype(target_critic)
     if t_device != device:
         raise ValueError(f"critic is on {device} but target_critic on {t_device}; move both to the same device")
+    if chunk_size is None:
+        chunk_size = CPU_CHUNK if device.type == "cpu" else ACCELERATOR_CHUNK
 
     def phi_of(net: nn.Module, o: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         if kind == "penultimate":
@@ -126,12 +133,56 @@ def clustering_features(
         for start in range(0, n, chunk_size):
             sl = slice(start, min(start + chunk_size, n))
             o, a = obs[sl].to(device=device, dtype=dtype), act[sl].to(device=device, dtype=dtype)
-            no, na = next_obs[sl].to(device=device, dtype=dtype), next_act[sl].to(device=device, dtype=dtype)
             phi = phi_of(critic, o, a)
-            phi_bar = phi_of(target_critic, no, na)
-            chunk = torch.cat([phi, phi_bar], dim=-1).to(device="cpu", dtype=torch.float32)
             if out is None:
-                out = torch.empty(n, chunk.shape[-1], dtype=torch.float32)
-            out[sl] = chunk
+                f = phi.shape[-1]
+                out = torch.empty(n, 2 * f, dtype=torch.float32)
+            out[sl, :f] = phi  # written in place (one copy, cast included): no [rows, 2F] concatenation
+            no, na = next_obs[sl].to(device=device, dtype=dtype), next_act[sl].to(device=device, dtype=dtype)
+            out[sl, f:] = phi_of(target_critic, no, na)
     assert out is not None
     return out
+
+
+class CriticFeatureRows:
+    """:func:`clustering_features` of ``N`` transitions, computed when asked: ``rows(idx)`` returns the features of
+    rows ``idx`` as a float32 numpy array ``[len(idx), 2F]`` (equal to ``clustering_features(...)[idx]`` up to
+    float rounding), which is the *row source* that :func:`c4_lightning.c4.clustering.fit_partition` and
+    ``project_2d`` accept.
+
+    A refit then computes the fit subsample's rows once and every other row once, a block at a time, instead of
+    materialising ``[N, 2F]`` (2 GiB at 1M transitions with 256-d features, whose first touch alone costs
+    more than a second on a CPU). The critics are used as they are at each call: keep them unchanged (and in
+    eval mode, if that matters for them) while the source is in use.
+
+    Args: as :func:`clustering_features`. ``block_rows`` (attribute): rows per call that the labelling pass
+    should ask for (65536 on an accelerator, ``4 * CPU_CHUNK`` on a CPU).
+    """
+
+    def __init__(self, critic: nn.Module, target_critic: nn.Module, obs: torch.Tensor, act: torch.Tensor,
+                 next_obs: torch.Tensor, next_act: torch.Tensor, kind: str = "penultimate",
+                 chunk_size: int | None = None):
+        _check_obs_act(obs, act, "obs", "act")
+        _check_obs_act(next_obs, next_act, "next_obs", "next_act")
+        if next_obs.shape != obs.shape or next_act.shape != act.shape:
+            raise ValueError(
+                f"next_obs/next_act must have the shapes of obs/act ({tuple(obs.shape)}, {tuple(act.shape)}), got "
+                f"{tuple(next_obs.shape)} and {tuple(next_act.shape)}"
+            )
+        self.critic, self.target_critic, self.kind, self.chunk_size = critic, target_critic, kind, chunk_size
+        self._data = (obs, act, next_obs, next_act)
+        first = clustering_features(critic, target_critic, obs[:1], act[:1], next_obs[:1], next_act[:1], kind=kind,
+                                    chunk_size=chunk_size)  # validates the rest (kind, critics, devices, n > 0)
+        self.shape = (int(obs.shape[0]), int(first.shape[1]))
+        device, _ = _critic_device_dtype(critic)
+        self.block_rows = ACCELERATOR_CHUNK if device.type != "cpu" else 4 * CPU_CHUNK
+
+    def rows(self, idx) -> np.ndarray:
+        idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+        if idx.dim() != 1:
+            raise ValueError(f"idx must be 1-D row indices, got shape {tuple(idx.shape)}")
+        if idx.numel() == 0:
+            return np.empty((0, self.shape[1]), dtype=np.float32)
+        parts = [t[idx.to(t.device)] for t in self._data]
+        return clustering_features(self.critic, self.target_critic, *parts, kind=self.kind,
+                                   chunk_size=self.chunk_size).numpy()

@@ -35,7 +35,9 @@ class EvalCallback(Callback):
 
     Logs ``eval/return``, ``eval/return_std`` and ``eval/normalized_score`` (progress bar shows the latter).
     The final score is the mean normalised score of the last ``final_window`` evaluations; it is logged as
-    ``eval/final_normalized_score`` and written with the history to ``<log_dir>/summary.json``.
+    ``eval/final_normalized_score`` and written with the history to ``<log_dir>/summary.json`` at the end of
+    training (``on_train_end``), or at ``on_fit_end`` when a resumed run was already finished and Lightning
+    skipped training and ``on_train_end``.
     An env that raises during an evaluation is reported (``eval/failures``) and training continues.
     """
 
@@ -48,6 +50,8 @@ class EvalCallback(Callback):
         self.history: list[dict] = []
         self.failures = 0
         self._ref: tuple[float, float] | None = None
+        self._log_dir: str | None = None
+        self._summary_written = False
 
     # ------------------------------------------------------------------ setup
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -114,8 +118,24 @@ class EvalCallback(Callback):
                 "final_return": self.final_return(), "final_window": self.final_window,
                 "evaluations": self.history, "eval_failures": self.failures}
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._summary_written = False
+        # a collective under DDP (broadcast), so asked here on every rank: on_fit_end runs after the strategy's
+        # teardown and must not need one
+        self._log_dir = trainer.log_dir
+
     def on_train_end(self, trainer, pl_module) -> None:
         log_dir = trainer.log_dir  # a collective under DDP (broadcast): every rank must ask, not rank 0 alone
+        self._write_summary(trainer, log_dir)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        """Resuming from the checkpoint of a finished run skips training and with it ``on_train_end``: write the
+        summary (of the restored evaluation history) here when ``on_train_end`` did not."""
+        if not getattr(self, "_summary_written", False):
+            self._write_summary(trainer, getattr(self, "_log_dir", None))
+
+    def _write_summary(self, trainer, log_dir) -> None:
+        self._summary_written = True
         if not trainer.is_global_zero or not self.history:
             return
         summary = self.summary()
