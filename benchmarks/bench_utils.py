@@ -253,44 +253,63 @@ def time_plain(algo: str, dm, warmup: int, steps: int, threads: int, device: str
 
 
 # ---------------------------------------------------------------------------------------------- refit
-def time_refit(critic, critic_target, obs, act, next_obs, next_act, previous_labels=None, cfg=None, seed: int = 0,
-               scatter: bool = False, device: str = "cpu") -> dict:
-    """One C4 refit as ``ClusterRefitCallback`` does it, phase by phase (seconds):
+class _TimedRows:
+    """A row source wrapper that adds up the time spent computing critic features."""
 
-    ``features``: ``clustering_features`` (online + target critic, no grad, chunked) -> CPU float32 [N, 2H];
-    ``fit``: ``fit_partition`` minus its final prediction (finite check, subsample, standardise, PCA, warm start
-    from ``previous_labels`` on all rows, GMM EM on <= fit_subsample rows);
-    ``predict``: labelling all N rows (timed by a second, identical ``model.predict`` call);
-    ``scatter`` (only with a TensorBoard logger): the 2-D projection of all rows + the PNG the callback logs.
+    def __init__(self, source):
+        self.source, self.shape, self.block_rows, self.seconds = source, source.shape, source.block_rows, 0.0
+
+    def rows(self, idx):
+        t0 = now()
+        out = self.source.rows(idx)
+        self.seconds += now() - t0
+        return out
+
+
+def time_refit(critic, critic_target, obs, act, next_obs, next_act, previous_labels, cfg, seed: int,
+               scatter: bool, device: str) -> dict:
+    """One refit as ``ClusterRefitCallback.partition`` runs it, split into phases (seconds):
+
+    ``fit_partition`` on a ``CriticFeatureRows`` source (the features are computed inside the fit: the fit
+    subsample once, then every other row once, block by block, never the whole ``[N, 2H]``).
+    ``features``: time inside the source (critic forward passes, online + target, no grad, all N rows);
+    ``predict``: time inside ``ClusterModel.predict`` (projection + GMM labels of all N rows, features excluded);
+    ``fit``: the rest (subsample standardise, PCA, warm start, EM);
+    ``scatter``: the callback's TensorBoard image (``cluster_scatter_image``: 5,000 points computed + drawn).
     """
-    from c4_lightning.c4.clustering import fit_partition
-    from c4_lightning.c4.config import C4Config
-    from c4_lightning.c4.features import clustering_features
+    from c4_lightning.c4.callback import cluster_scatter_image
+    from c4_lightning.c4.clustering import ClusterModel, fit_partition
+    from c4_lightning.c4.features import CriticFeatureRows
 
-    cfg = cfg or C4Config(enabled=True)
+    predict_seconds = [0.0]
+    real_predict = ClusterModel.predict
+
+    def timed_predict(self, *a, **kw):
+        t = now()
+        try:
+            return real_predict(self, *a, **kw)
+        finally:
+            predict_seconds[0] += now() - t
+
+    critic.eval(), critic_target.eval()
     sync(device)
     t0 = now()
-    feats = clustering_features(critic, critic_target, obs, act, next_obs, next_act, kind=cfg.feature)
-    x = feats.numpy()
-    t1 = now()
-    labels, model = fit_partition(x, n_clusters=cfg.n_clusters, pca_dim=cfg.pca_dim, fit_subsample=cfg.fit_subsample,
-                                  seed=seed, previous_labels=previous_labels)
-    t2 = now()
-    model.predict(x)
-    t3 = now()
-    out = {"features": t1 - t0, "fit": (t2 - t1) - (t3 - t2), "predict": t3 - t2, "n": int(x.shape[0]),
-           "feature_dim": int(x.shape[1]), "warm_started": bool(model.warm_started), "gmm_iters": int(model.n_iter)}
-    out["refit"] = out["features"] + out["fit"] + out["predict"]
+    src = _TimedRows(CriticFeatureRows(critic, critic_target, obs, act, next_obs, next_act, kind=cfg.feature))
+    ClusterModel.predict = timed_predict
+    try:
+        labels, model = fit_partition(src, n_clusters=cfg.n_clusters, pca_dim=cfg.pca_dim,
+                                      fit_subsample=cfg.fit_subsample, seed=seed, previous_labels=previous_labels)
+    finally:
+        ClusterModel.predict = real_predict
+    total = now() - t0
+    out = {"features": src.seconds, "predict": predict_seconds[0], "refit": total, "n": int(src.shape[0]),
+           "feature_dim": int(src.shape[1]), "warm_started": bool(model.warm_started), "gmm_iters": int(model.n_iter)}
+    out["fit"] = total - out["features"] - out["predict"]
     if scatter:
-        from c4_lightning.c4.clustering import project_2d
-        from c4_lightning.c4.plots import cluster_scatter_figure, figure_to_image
-
         t4 = now()
-        xy = project_2d(x, model)
-        fig = cluster_scatter_figure(xy, labels, np.zeros(len(labels), dtype=np.int64), ["data"], max_points=5000)
-        figure_to_image(fig)
+        cluster_scatter_image(src.source, model, labels, np.zeros(len(labels), dtype=np.int64), ["data"],
+                              max_points=5000)
         out["scatter"] = now() - t4
-    out["labels"] = labels
     return out
 
 

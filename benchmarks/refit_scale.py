@@ -88,66 +88,6 @@ def real_data(dataset_id: str):
     return tuple(t.contiguous() for t in dm.features_input())
 
 
-class _TimedRows:
-    """A row source wrapper that adds up the time spent computing critic features."""
-
-    def __init__(self, source):
-        self.source, self.shape, self.block_rows, self.seconds = source, source.shape, source.block_rows, 0.0
-
-    def rows(self, idx):
-        t0 = bu.now()
-        out = self.source.rows(idx)
-        self.seconds += bu.now() - t0
-        return out
-
-
-def time_refit(critic, critic_target, obs, act, next_obs, next_act, previous_labels, cfg, seed: int,
-               scatter: bool, device: str) -> dict:
-    """One refit as ``ClusterRefitCallback.partition`` runs it, split into phases (seconds):
-
-    ``fit_partition`` on a ``CriticFeatureRows`` source (the features are computed inside the fit: the fit
-    subsample once, then every other row once, block by block, never the whole ``[N, 2H]``).
-    ``features``: time inside the source (critic forward passes, online + target, no grad, all N rows);
-    ``predict``: time inside ``ClusterModel.predict`` (projection + GMM labels of all N rows, features excluded);
-    ``fit``: the rest (subsample standardise, PCA, warm start, EM);
-    ``scatter``: the callback's TensorBoard image (``cluster_scatter_image``: 5,000 points computed + drawn).
-    """
-    from c4_lightning.c4.callback import cluster_scatter_image
-    from c4_lightning.c4.clustering import ClusterModel, fit_partition
-    from c4_lightning.c4.features import CriticFeatureRows
-
-    predict_seconds = [0.0]
-    real_predict = ClusterModel.predict
-
-    def timed_predict(self, *a, **kw):
-        t = bu.now()
-        try:
-            return real_predict(self, *a, **kw)
-        finally:
-            predict_seconds[0] += bu.now() - t
-
-    critic.eval(), critic_target.eval()
-    bu.sync(device)
-    t0 = bu.now()
-    src = _TimedRows(CriticFeatureRows(critic, critic_target, obs, act, next_obs, next_act, kind=cfg.feature))
-    ClusterModel.predict = timed_predict
-    try:
-        labels, model = fit_partition(src, n_clusters=cfg.n_clusters, pca_dim=cfg.pca_dim,
-                                      fit_subsample=cfg.fit_subsample, seed=seed, previous_labels=previous_labels)
-    finally:
-        ClusterModel.predict = real_predict
-    total = bu.now() - t0
-    out = {"features": src.seconds, "predict": predict_seconds[0], "refit": total, "n": int(src.shape[0]),
-           "feature_dim": int(src.shape[1]), "warm_started": bool(model.warm_started), "gmm_iters": int(model.n_iter)}
-    out["fit"] = total - out["features"] - out["predict"]
-    if scatter:
-        t4 = bu.now()
-        cluster_scatter_image(src.source, model, labels, np.zeros(len(labels), dtype=np.int64), ["data"],
-                              max_points=5000)
-        out["scatter"] = bu.now() - t4
-    return out
-
-
 def measure_ups(args) -> tuple[float, str]:
     if args.ups:
         return args.ups, "given (--ups)"
@@ -203,7 +143,7 @@ def main(argv=None) -> dict:
         prev, _ = fit_partition(raw_features(data[0], data[1]), n_clusters=cfg.n_clusters, pca_dim=cfg.pca_dim,
                                 fit_subsample=cfg.fit_subsample, seed=args.seed)
         initial = time.perf_counter() - t0
-        times = [time_refit(critic, target, *data, previous_labels=prev, cfg=cfg, seed=args.seed + 1 + i,
+        times = [bu.time_refit(critic, target, *data, previous_labels=prev, cfg=cfg, seed=args.seed + 1 + i,
                             scatter=args.scatter and i == 0, device=device) for i in range(args.repeats)]
         rec = {k: bu.median([t[k] for t in times if k in t]) for k in ("features", "fit", "predict", "refit", "scatter")
                if any(k in t for t in times)}
