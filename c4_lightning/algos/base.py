@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.strategies import DDPStrategy
 import torch
 from torch import nn
 
@@ -96,6 +97,10 @@ class OfflineRLModule(L.LightningModule):
                     f"{type(self).__name__} needs an OfflineRLDataModule passed to the Trainer "
                     "(trainer.fit(model, datamodule=dm)) or obs_dim/act_dim given explicitly")
             return
+        strategy = self.trainer.strategy
+        if isinstance(strategy, DDPStrategy) and "find_unused_parameters" not in strategy._ddp_kwargs:
+            # several backward passes per step, each touching part of the parameters (actor loss, critic loss)
+            strategy._ddp_kwargs["find_unused_parameters"] = True
         if not self._built:
             self._build(dm.obs_dim, dm.act_dim)
         elif (self.hparams["obs_dim"], self.hparams["act_dim"]) != (dm.obs_dim, dm.act_dim):
@@ -193,7 +198,8 @@ class OfflineRLModule(L.LightningModule):
     def probe_cross_covariance(self) -> dict[str, torch.Tensor]:
         """Cross-covariance between phi(s,a) (online) and phi_bar(s',a') (target) on the fixed probe set."""
         self.cross_cov.reset()
-        p = self._probe
+        # setup() runs before Lightning moves the module to its device: follow the module (no-op on CPU)
+        p = self._probe = {k: v.to(self.device, non_blocking=True) for k, v in self._probe.items()}
         for start in range(0, p["obs"].shape[0], 1024):
             sl = slice(start, start + 1024)
             _, f = self.critic(p["obs"][sl], p["act"][sl], return_features=True)

@@ -1,8 +1,15 @@
 """CQL(H) (Kumar et al., 2020), SAC-based, with the optional C4 plug-in.
 
-Defaults follow CORL's gym-mujoco configuration. The conservative term is a logsumexp over all
+Hyperparameter defaults follow CORL's gym-mujoco configuration. The conservative term is a logsumexp over all
 ``3 * cql_n_actions`` sampled actions per state (uniform, pi(.|s) and pi(.|s') evaluated at s) with
 importance-sampling log-densities subtracted.
+
+Known differences from CORL's implementation (same losses, different details): the tanh-Gaussian actor has no
+learnable ``log_std_multiplier``/``log_std_offset`` (CORL starts at sigma ~ e^-1, ours at ~1); with
+``orthogonal_init`` the actor is orthogonally initialised too and the critic head uses xavier(1e-2) rather than
+orthogonal(1e-2); alpha is read after its own update (as the CQL authors' code, CORL reads it before);
+``log_alpha_prime`` starts at 0 (CORL 1; matters only with ``cql_lagrange``); the max-backup reuses the pi(.|s')
+samples of the conservative term.
 """
 from __future__ import annotations
 

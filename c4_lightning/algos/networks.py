@@ -47,7 +47,10 @@ def _mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> nn.Sequential:
 
 
 def orthogonal_init_(module: nn.Module, last_layer_gain: float = 1e-2) -> None:
-    """CORL's CQL initialisation: orthogonal(gain sqrt 2) hidden layers, small xavier last layer, zero biases."""
+    """Orthogonal (gain sqrt 2) hidden layers, a small xavier-uniform last layer (gain 1e-2), zero biases.
+
+    Close to CORL's CQL initialisation, which uses orthogonal(gain 1e-2) for the critic's last layer and
+    PyTorch's default init for the actor; see the CQL class docstring for the differences."""
     linears = [m for m in module.modules() if isinstance(m, (nn.Linear, VectorizedLinear))]
     for i, m in enumerate(linears):
         last = i == len(linears) - 1
@@ -130,7 +133,10 @@ class CriticEnsemble(nn.Module):
             x = x.unsqueeze(0).expand(self.ensemble_size, -1, -1)
         for layer in self.hidden:
             x = F.relu(layer(x))
-        q = self.head(x).squeeze(-1)
+        # the 256 -> 1 head in float32 even under bf16/fp16 autocast: Q values (hundreds) and TD errors need
+        # more than bf16's 8 bits of mantissa (a no-op in 32-true training)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            q = self.head(x.float()).squeeze(-1)
         return (q, x) if return_features else q
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor, return_features: bool = False):
