@@ -136,7 +136,7 @@ class CriticEnsemble(nn.Module):
         # the 256 -> 1 head in float32 even under bf16/fp16 autocast: Q values (hundreds) and TD errors need
         # more than bf16's 8 bits of mantissa (a no-op in 32-true training)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            q = self.head(x.float()).squeeze(-1)
+            q = self.head(x.to(self.head.weight.dtype)).squeeze(-1)
         return (q, x) if return_features else q
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor, return_features: bool = False):
