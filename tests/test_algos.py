@@ -78,7 +78,7 @@ def test_global_step_is_one_per_batch_and_max_steps_stops_there(toy_env, tmp_pat
     assert [e for e, _, _ in spy.batches] == [0, 0, 0, 1, 1, 1, 2]
     # C4 off: batch g is the sampler's documented uniform stream
     for g, (_, _, idx) in enumerate(spy.batches):
-        gen = torch.Generator().manual_seed(index_seed(dm.sampler_seed, 0, g))
+        gen = torch.Generator().manual_seed(index_seed(dm.resolved_sampler_seed(), 0, g))
         assert torch.equal(idx, torch.randint(dm.num_transitions, (B,), generator=gen))
     # every optimiser really stepped the expected number of times; only the critic's counts as global_step
     opts = module.optimizers()

@@ -229,3 +229,21 @@ def test_resume_from_end_of_fit_checkpoint_follows_lightning_position(toy_minari
     # Lightning counts the epoch cut by max_steps as processed; batches still follow its (epoch, batch_idx)
     _assert_batches_follow_lightning_position(model, dm)
     _assert_batches_follow_lightning_position(model2, dm2)
+
+
+def test_sampler_seed_follows_the_global_seed_unless_given(toy_minari):
+    def first_batch(**kw):
+        dm = OfflineRLDataModule("toy/long", batch_size=8, steps_per_epoch=2, **kw)
+        dm.setup("fit")
+        return next(iter(dm.sampler)), dm.resolved_sampler_seed()
+
+    pl.seed_everything(1, verbose=False)
+    a, seed_a = first_batch()
+    pl.seed_everything(2, verbose=False)
+    b, seed_b = first_batch()
+    c, seed_c = first_batch(sampler_seed=7)
+    pl.seed_everything(1, verbose=False)
+    d, _ = first_batch(sampler_seed=7)
+    assert (seed_a, seed_b, seed_c) == (1, 2, 7)
+    assert not torch.equal(a, b)  # different run seeds: different batch streams
+    assert torch.equal(c, d)  # an explicit sampler_seed ignores the run seed

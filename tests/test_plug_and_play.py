@@ -48,7 +48,7 @@ def dm(toy_env):
 
 def plain_batch(dm, g: int):
     """Batch ``g`` of the uniform stream, gathered from the raw transitions and normalised here."""
-    gen = torch.Generator().manual_seed(index_seed(dm.sampler_seed, 0, g))
+    gen = torch.Generator().manual_seed(index_seed(dm.resolved_sampler_seed(), 0, g))
     idx = torch.randint(dm.num_transitions, (BATCH,), generator=gen)
     t, mean, std = dm.transitions, dm.obs_mean, dm.obs_std
     return ((t.observations[idx] - mean) / std, t.actions[idx], t.rewards[idx],

@@ -11,6 +11,8 @@ Observations (and next observations) are normalised with ``obs_mean``/``obs_std`
 """
 from __future__ import annotations
 
+import os
+
 from typing import Any
 
 import lightning.pytorch as pl
@@ -69,7 +71,8 @@ class OfflineRLDataModule(pl.LightningDataModule):
         reward_scale, reward_bias: rewards become ``rewards * reward_scale + reward_bias``.
         min_cluster_size: clusters smaller than this are never sampled (default
             ``max(batch_size, N // max(K, 10))``).
-        sampler_seed: seed of the batch sampler.
+        sampler_seed: seed of the batch sampler; ``None`` (default) follows the run's global seed
+            (``seed_everything``) when the sampler is built, so runs with different seeds draw different batches.
         data_on_device: keep the packed data on the training device.
     """
 
@@ -86,7 +89,7 @@ class OfflineRLDataModule(pl.LightningDataModule):
         reward_scale: float = 1.0,
         reward_bias: float = 0.0,
         min_cluster_size: int | None = None,
-        sampler_seed: int = 0,
+        sampler_seed: int | None = None,
         data_on_device: bool = True,
     ) -> None:
         super().__init__()
@@ -115,7 +118,7 @@ class OfflineRLDataModule(pl.LightningDataModule):
         self.reward_scale = float(reward_scale)
         self.reward_bias = float(reward_bias)
         self.min_cluster_size = min_cluster_size
-        self.sampler_seed = int(sampler_seed)
+        self.sampler_seed = None if sampler_seed is None else int(sampler_seed)
         self.data_on_device = bool(data_on_device)
 
         self.transitions: Transitions | None = None
@@ -190,6 +193,14 @@ class OfflineRLDataModule(pl.LightningDataModule):
             return 0, 1
         return int(trainer.global_rank), int(trainer.world_size)
 
+    def resolved_sampler_seed(self) -> int:
+        """``sampler_seed``, or (when None) the global seed set by ``seed_everything`` (``PL_GLOBAL_SEED``), else 0."""
+        if self.sampler_seed is not None:
+            return self.sampler_seed
+        if getattr(self, "sampler", None) is not None:  # fixed once the sampler exists
+            return int(self.sampler.seed)
+        return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
     def _build_sampler(self) -> None:
         rank, world = self._rank_world()
         self.sampler = ClusterBatchSampler(
@@ -198,7 +209,7 @@ class OfflineRLDataModule(pl.LightningDataModule):
             steps_per_epoch=self.steps_per_epoch,
             labels=None,
             min_cluster_size=self.min_cluster_size,
-            seed=self.sampler_seed,
+            seed=self.resolved_sampler_seed(),
             rank=rank,
             world_size=world,
         )
