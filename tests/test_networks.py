@@ -25,3 +25,15 @@ def test_ensemble_members_are_independent_networks():
         h = torch.relu(x @ critic.hidden[0].weight[e] + critic.hidden[0].bias[e])
         expected = (h @ critic.head.weight[e] + critic.head.bias[e]).squeeze(-1)
         assert torch.allclose(q[e], expected, atol=1e-6)
+
+
+def test_the_abstract_base_module_says_what_to_use():
+    import pytest
+
+    from c4_lightning.algos.base import OfflineRLModule
+
+    module = OfflineRLModule()
+    with pytest.raises(TypeError, match="TD3BC or CQL"):
+        module.build_networks(3, 2)
+    with pytest.raises(TypeError, match="TD3BC or CQL"):
+        module.update({})

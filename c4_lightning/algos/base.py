@@ -67,8 +67,10 @@ class OfflineRLModule(L.LightningModule):
             self._build(self.hparams["obs_dim"], self.hparams["act_dim"])
 
     # ------------------------------------------------------------------ building
-    def build_networks(self, obs_dim: int, act_dim: int) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def build_networks(self, obs_dim: int, act_dim: int) -> None:
+        """Create ``actor``, ``critic`` (a ``CriticEnsemble``) and ``critic_target``; defined by each algorithm."""
+        raise TypeError(f"{type(self).__name__} is the abstract base: train c4_lightning.algos.TD3BC or CQL, "
+                        "or subclass it and define build_networks/update/configure_optimizers")
 
     def _build(self, obs_dim: int, act_dim: int) -> None:
         self.hparams["obs_dim"], self.hparams["act_dim"] = int(obs_dim), int(act_dim)
@@ -179,8 +181,10 @@ class OfflineRLModule(L.LightningModule):
         return self.n_updates % every == 0
 
     # ------------------------------------------------------------------ training loop
-    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One gradient update on ``batch``; returns the tensors to log. Defined by each algorithm."""
+        raise TypeError(f"{type(self).__name__} is the abstract base: train c4_lightning.algos.TD3BC or CQL, "
+                        "or subclass it and define build_networks/update/configure_optimizers")
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logs = self.update(batch)
