@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -60,3 +61,12 @@ def minari_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(cache))
     monkeypatch.setenv("C4_DATASETS_PATH", str(embedded))
     return SimpleNamespace(cache=cache, embedded=embedded)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tests run torch on one thread (CI machines have 2 cores; timings never matter in tests)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

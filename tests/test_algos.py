@@ -24,14 +24,6 @@ B = 32
 PENALTIES = ["cross_cov", "feature_dot", "grad_cross_cov"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def fit(module, tmp_path, max_steps, steps_per_epoch=3, callbacks=(), logger=None, dm=None):
     dm = dm or make_datamodule(CHAIN, batch_size=B, steps_per_epoch=steps_per_epoch)
     trainer = make_trainer(tmp_path, max_steps=max_steps, callbacks=callbacks, logger=logger)

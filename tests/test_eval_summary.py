@@ -19,14 +19,6 @@ from c4_lightning.evaluation import EvalCallback
 MAX_STEPS, STEPS_PER_EPOCH = 8, 4  # two epochs, two evaluations
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 class CountWrites(EvalCallback):
     """Counts the summaries written, and by which hook."""
 

@@ -27,14 +27,6 @@ from c4_lightning.c4.config import C4Config
 BANDIT = "toy/bandit-v0"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def policy_error(module, obs: torch.Tensor) -> float:
     """Mean ||pi(s) - a*(s)|| over raw test states."""
     return float((module.act(obs) - torch.from_numpy(bandit_a_star(obs))).norm(dim=-1).mean())

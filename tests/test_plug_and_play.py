@@ -30,14 +30,6 @@ TD3_HIDDEN = (64, 64)
 CQL_HIDDEN = (64, 64, 64)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture
 def dm(toy_env):
     # Hopper-shaped random episodes (N=480, obs 11, act 3, terminations and truncations, 3 sources)

@@ -22,14 +22,6 @@ CHAIN = "toy/chain-v0"  # 40 episodes x 12 steps, N = 480, obs 4, act 2
 N, K, B, S = 480, 3, 32, 4  # transitions, clusters, batch, steps per epoch
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def run(tmp_path, max_steps, c4_kwargs=None, module_kwargs=None, expect_warning=False):
     L.seed_everything(0, verbose=False)
     cfg = dict(enabled=True, n_clusters=K, penalty_weight=0.1, pca_dim=6, refit_every_n_epochs=1)

@@ -24,14 +24,6 @@ from c4_lightning.evaluation import EvalCallback
 TAGS = ("eval/normalized_score", "c4/penalty", "c4/cross_cov_fro", "c4/cross_cov_trace")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.mark.parametrize("max_steps, steps_per_epoch, evaluations", [(6, 1000, 1), (8, 4, 2)],
                          ids=["stop-mid-epoch", "stop-at-epoch-end"])
 def test_evaluation_and_diagnostics_once_per_epoch_incl_a_partial_last_one(toy_env, tmp_path, max_steps,

@@ -61,7 +61,8 @@ class OfflineRLModule(L.LightningModule):
         self.cross_cov = CrossCovarianceMetric()
 
     def finish_init(self) -> None:
-        """Subclasses call this last in ``__init__`` (after ``save_hyperparameters``)."""
+        """Subclasses call this last in ``__init__`` (after ``save_hyperparameters(ignore=["c4"])``)."""
+        self.hparams["c4"] = self.c4.to_dict()
         self._hparams_initial = copy.deepcopy(self._hparams)  # loggers record hparams_initial: include the c4 group
         if self.hparams.get("obs_dim") is not None and self.hparams.get("act_dim") is not None:
             self._build(self.hparams["obs_dim"], self.hparams["act_dim"])
@@ -246,7 +247,12 @@ class OfflineRLModule(L.LightningModule):
             set_rng_state(checkpoint.get("c4_lightning", {}).get("rng"))
 
 
-def polyak_tau_check(tau: float) -> float:
+def check_hyperparameters(gamma: float, tau: float, **positive: float) -> None:
+    """The checks every algorithm shares: gamma in [0, 1], tau in (0, 1], and each of ``positive`` > 0."""
+    for name, value in positive.items():
+        if not value > 0:
+            raise ValueError(f"model.{name}={value} must be > 0")
+    if not 0 <= gamma <= 1:
+        raise ValueError(f"model.gamma={gamma} must be in [0, 1]")
     if not (0 < tau <= 1) or math.isnan(tau):
         raise ValueError(f"model.tau={tau} must be in (0, 1]")
-    return tau

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from c4_lightning.algos.base import OfflineRLModule, polyak_tau_check
+from c4_lightning.algos.base import OfflineRLModule, check_hyperparameters
 from c4_lightning.algos.networks import CriticEnsemble, TanhGaussianActor, orthogonal_init_, soft_update_
 from c4_lightning.c4.config import C4Config
 
@@ -81,18 +81,12 @@ class CQL(OfflineRLModule):
         compile: bool = False,
     ):
         super().__init__(obs_dim, act_dim, max_action, c4, probe_size, log_every_n_steps, nan_check, compile)
-        for name, value in (("policy_lr", policy_lr), ("qf_lr", qf_lr), ("cql_temp", cql_temp)):
-            if not value > 0:
-                raise ValueError(f"model.{name}={value} must be > 0")
+        check_hyperparameters(gamma, tau, policy_lr=policy_lr, qf_lr=qf_lr, cql_temp=cql_temp)
         if cql_n_actions < 1:
             raise ValueError(f"model.cql_n_actions={cql_n_actions} must be >= 1")
         if cql_alpha < 0 or bc_weight < 0 or bc_steps < 0:
             raise ValueError("model.cql_alpha, model.bc_weight and model.bc_steps must be >= 0")
-        if not 0 <= gamma <= 1:
-            raise ValueError(f"model.gamma={gamma} must be in [0, 1]")
-        polyak_tau_check(tau)
         self.save_hyperparameters(ignore=["c4"])
-        self.hparams["c4"] = self.c4.to_dict()
         self.finish_init()
 
     def build_networks(self, obs_dim: int, act_dim: int) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from c4_lightning.algos.base import OfflineRLModule, polyak_tau_check
+from c4_lightning.algos.base import OfflineRLModule, check_hyperparameters
 from c4_lightning.algos.networks import CriticEnsemble, DeterministicActor, soft_update_
 from c4_lightning.c4.config import C4Config
 
@@ -40,16 +40,10 @@ class TD3BC(OfflineRLModule):
         compile: bool = False,
     ):
         super().__init__(obs_dim, act_dim, max_action, c4, probe_size, log_every_n_steps, nan_check, compile)
-        for name, value in (("actor_lr", actor_lr), ("critic_lr", critic_lr), ("alpha", alpha)):
-            if not value > 0:
-                raise ValueError(f"model.{name}={value} must be > 0")
-        if not 0 <= gamma <= 1:
-            raise ValueError(f"model.gamma={gamma} must be in [0, 1]")
+        check_hyperparameters(gamma, tau, actor_lr=actor_lr, critic_lr=critic_lr, alpha=alpha)
         if policy_delay < 1:
             raise ValueError(f"model.policy_delay={policy_delay} must be >= 1")
-        polyak_tau_check(tau)
         self.save_hyperparameters(ignore=["c4"])
-        self.hparams["c4"] = self.c4.to_dict()
         self.finish_init()
 
     def build_networks(self, obs_dim: int, act_dim: int) -> None:
