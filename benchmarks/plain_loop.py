@@ -25,12 +25,12 @@ def _target(net):
 
 class PlainTD3BC:
     def __init__(self, obs_dim, act_dim, hidden=(256, 256), lr=3e-4, gamma=0.99, tau=0.005, alpha=2.5,
-                 policy_noise=0.2, noise_clip=0.5, policy_delay=2, max_action=1.0):
+                 policy_noise=0.2, noise_clip=0.5, policy_delay=2, max_action=1.0, adam_kwargs=None):
         self.actor = DeterministicActor(obs_dim, act_dim, hidden, max_action)
         self.critic = CriticEnsemble(obs_dim, act_dim, hidden, 2)
         self.actor_target, self.critic_target = _target(self.actor), _target(self.critic)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=lr)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=lr)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=lr, **(adam_kwargs or {}))
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=lr, **(adam_kwargs or {}))
         self.gamma, self.tau, self.alpha = gamma, tau, alpha
         self.policy_noise, self.noise_clip, self.policy_delay, self.max_action = (policy_noise, noise_clip,
                                                                                   policy_delay, max_action)
@@ -49,7 +49,7 @@ class PlainTD3BC:
         self.critic_opt.step()
         if self.it % self.policy_delay == 0:
             pi = self.actor(obs)
-            q_pi = self.critic(obs, pi)[0]
+            q_pi = self.critic(obs, pi, members=slice(0, 1))[0]  # Q1 only, as CORL's critic_1(state, pi)
             actor_loss = -self.alpha / q_pi.abs().mean().detach() * q_pi.mean() + F.mse_loss(pi, act)
             self.actor_opt.zero_grad(set_to_none=True)
             actor_loss.backward()
@@ -65,7 +65,7 @@ class PlainCQL:
     """CQL(H) with automatic entropy tuning, importance sampling, no Lagrange, no max-backup (CORL defaults)."""
 
     def __init__(self, obs_dim, act_dim, hidden=(256, 256, 256), policy_lr=3e-5, qf_lr=3e-4, gamma=0.99,
-                 tau=5e-3, cql_alpha=10.0, n_actions=10, temp=1.0, max_action=1.0):
+                 tau=5e-3, cql_alpha=10.0, n_actions=10, temp=1.0, max_action=1.0, adam_kwargs=None):
         self.actor = TanhGaussianActor(obs_dim, act_dim, hidden, max_action)
         self.critic = CriticEnsemble(obs_dim, act_dim, hidden, 2)
         orthogonal_init_(self.actor)
@@ -73,9 +73,10 @@ class PlainCQL:
         self.critic_target = _target(self.critic)
         self.log_alpha = torch.nn.Parameter(torch.zeros(()))
         self.log_alpha_prime = torch.nn.Parameter(torch.zeros(()))
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=qf_lr)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=policy_lr)
-        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=policy_lr)
+        adam_kwargs = adam_kwargs or {}
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=qf_lr, **adam_kwargs)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=policy_lr, **adam_kwargs)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=policy_lr, **adam_kwargs)
         self.target_entropy = -float(act_dim)
         self.gamma, self.tau, self.cql_alpha, self.n, self.temp, self.max_action = (gamma, tau, cql_alpha, n_actions,
                                                                                     temp, max_action)

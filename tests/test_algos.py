@@ -226,7 +226,17 @@ class _OrderSpy(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.active = False
 
-    def actor_hook(self, module, args):
+    def watch_sample_n(self, actor):
+        """Also record ``actor.sample_n(obs, n)`` calls (n actions per state from one forward pass)."""
+        real = actor.sample_n
+
+        def sample_n(obs, n):
+            self.actor_hook(actor, (obs,), kind="sample_n")
+            return real(obs, n)
+
+        actor.sample_n = sample_n
+
+    def actor_hook(self, module, args, kind="actor"):
         if not self.active:
             return
         x = args[0]
@@ -237,7 +247,7 @@ class _OrderSpy(Callback):
                 tag = name
             elif x.shape[0] == v.shape[0] * self.n and torch.equal(x, v.repeat_interleave(self.n, 0)):
                 tag = name + "_rep"
-        self.events.append(("actor", tag))
+        self.events.append((kind, tag))
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         if not self.active:
@@ -253,10 +263,21 @@ def test_cql_samples_every_action_from_the_pre_update_policy(toy_env, tmp_path):
     module = cql()
     spy = _OrderSpy(n=3)
     module.actor.register_forward_pre_hook(spy.actor_hook)
+    spy.watch_sample_n(module.actor)
     fit(module, tmp_path, max_steps=1, callbacks=[spy])
     ev = spy.events
     actor_step = ev.index(("step", "actor"))
-    for tag in ("next_obs", "next_obs_rep", "obs_rep"):
-        assert ("actor", tag) in ev[:actor_step], (tag, ev)
-        assert ("actor", tag) not in ev[actor_step:], (tag, ev)
+    # the backup's a' ~ pi(.|s') and n samples per state at s and at s' (one actor pass per state each)
+    for event in (("actor", "next_obs"), ("sample_n", "obs"), ("sample_n", "next_obs")):
+        assert event in ev[:actor_step], (event, ev)
+        assert event not in ev[actor_step:], (event, ev)
+    assert not any(tag.endswith("_rep") for _, tag in ev), ev  # the actor never runs on repeated states
     assert ev.index(("step", "alpha")) < actor_step < ev.index(("step", "critic"))
+
+
+@pytest.mark.parametrize("algo", [TD3BC, CQL])
+def test_fused_adam_by_default_and_for_loop_adam_on_request(algo):
+    fused = algo(obs_dim=4, act_dim=2).configure_optimizers()
+    assert fused and all(o.defaults["fused"] for o in fused)
+    plain = algo(obs_dim=4, act_dim=2, fused_adam=False).configure_optimizers()
+    assert not any(o.defaults["fused"] for o in plain)

@@ -1,6 +1,7 @@
 """Plug-and-play: C4 off (and C4 with one cluster and no penalty) through the real Lightning Trainer gives
 bit-identical parameters to the plain PyTorch reference loops of ``benchmarks/plain_loop.py``, with the same
-data and the sampler's uniform index stream."""
+data and the sampler's uniform index stream, with either Adam implementation (the modules' default fused Adam, or
+``fused_adam=False`` against the plain loops' default for-loop Adam)."""
 from __future__ import annotations
 
 import sys
@@ -47,9 +48,12 @@ def plain_batch(dm, g: int):
             (t.next_observations[idx] - mean) / std, t.terminals[idx])
 
 
-def run_plain(plain_cls, dm, **kwargs):
+FUSED = {True: {"fused": True}, False: None}  # module's fused_adam -> the plain loop's Adam options
+
+
+def run_plain(plain_cls, dm, fused: bool = True, **kwargs):
     torch.manual_seed(SEED)
-    plain = plain_cls(dm.obs_dim, dm.act_dim, **kwargs)
+    plain = plain_cls(dm.obs_dim, dm.act_dim, adam_kwargs=FUSED[fused], **kwargs)
     init = params_of(plain.actor, plain.critic)
     for g in range(STEPS):
         plain.update(*plain_batch(dm, g))
@@ -73,10 +77,11 @@ def _cql_params(m):
     return params_of(m.actor, m.critic, m.critic_target) + [m.log_alpha.detach().clone()]
 
 
-@pytest.mark.parametrize("explicit_dims", [True, False], ids=["dims-given", "dims-from-datamodule"])
-def test_td3bc_c4_off_equals_plain_loop(dm, tmp_path, explicit_dims):
-    module, init, _ = run_lightning(TD3BC, dm, tmp_path, explicit_dims, hidden_dims=TD3_HIDDEN)
-    plain, plain_init = run_plain(PlainTD3BC, dm, hidden=TD3_HIDDEN)
+@pytest.mark.parametrize("explicit_dims,fused", [(True, True), (False, True), (True, False)],
+                         ids=["dims-given", "dims-from-datamodule", "for-loop-adam"])
+def test_td3bc_c4_off_equals_plain_loop(dm, tmp_path, explicit_dims, fused):
+    module, init, _ = run_lightning(TD3BC, dm, tmp_path, explicit_dims, hidden_dims=TD3_HIDDEN, fused_adam=fused)
+    plain, plain_init = run_plain(PlainTD3BC, dm, fused, hidden=TD3_HIDDEN)
     if init is not None:
         assert_same_tensors(init, plain_init, "initial parameters")
     assert_same_tensors(params_of(module.actor, module.critic, module.actor_target, module.critic_target),
@@ -84,9 +89,10 @@ def test_td3bc_c4_off_equals_plain_loop(dm, tmp_path, explicit_dims):
     assert not torch.equal(params_of(module.critic)[0], plain_init[len(params_of(module.actor))]), "nothing trained"
 
 
-def test_cql_c4_off_equals_plain_loop(dm, tmp_path):
-    module, init, _ = run_lightning(CQL, dm, tmp_path, hidden_dims=CQL_HIDDEN)
-    plain, plain_init = run_plain(PlainCQL, dm, hidden=CQL_HIDDEN)
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-adam", "for-loop-adam"])
+def test_cql_c4_off_equals_plain_loop(dm, tmp_path, fused):
+    module, init, _ = run_lightning(CQL, dm, tmp_path, hidden_dims=CQL_HIDDEN, fused_adam=fused)
+    plain, plain_init = run_plain(PlainCQL, dm, fused, hidden=CQL_HIDDEN)
     assert_same_tensors(init, plain_init, "initial parameters")
     assert_same_tensors(_cql_params(module),
                         params_of(plain.actor, plain.critic, plain.critic_target) + [plain.log_alpha.detach().clone()])

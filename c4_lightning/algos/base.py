@@ -43,6 +43,7 @@ class OfflineRLModule(L.LightningModule):
         log_every_n_steps: int = 50,
         nan_check: bool = True,
         compile: bool = False,
+        fused_adam: bool = True,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -59,6 +60,17 @@ class OfflineRLModule(L.LightningModule):
         self._built = False
         self._probe: dict[str, torch.Tensor] | None = None
         self.cross_cov = CrossCovarianceMetric()
+
+    # Plain Python state set in the hot path. Lightning sets ``_current_fx_name`` before and after every hook call
+    # (~40 times per update); ``nn.Module.__setattr__`` spends ~2 us on each checking parameters, buffers and
+    # submodules, a plain attribute set ~0.2 us. None of these names is ever a parameter, buffer or module.
+    _PLAIN_ATTRIBUTES = frozenset({"_current_fx_name", "n_updates", "batches_done_in_epoch"})
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in OfflineRLModule._PLAIN_ATTRIBUTES:
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     def finish_init(self) -> None:
         """Subclasses call this last in ``__init__`` (after ``save_hyperparameters(ignore=["c4"])``)."""
@@ -127,6 +139,19 @@ class OfflineRLModule(L.LightningModule):
         return self.actor.act(self.normalize(raw_obs.to(self.obs_mean)))
 
     # ------------------------------------------------------------------ optimisation helpers
+    def adam(self, params, lr: float) -> torch.optim.Adam:
+        """Adam over ``params``; with ``fused_adam`` (default) PyTorch's fused kernel (one kernel per parameter
+        instead of a dozen element-wise ops: ~3x faster steps on a CPU, also used on CUDA), which rounds differently
+        from the for-loop Adam in the last bits. ``fused_adam=False`` gives the for-loop Adam of a plain
+        ``torch.optim.Adam(params, lr)``; so does a device whose PyTorch has no fused Adam."""
+        params = list(params)
+        if self.hparams.get("fused_adam", True):
+            try:
+                return torch.optim.Adam(params, lr=lr, fused=True)
+            except RuntimeError:  # a device or dtype without the fused kernel
+                pass
+        return torch.optim.Adam(params, lr=lr)
+
     def step_optimizer(self, opt, loss: torch.Tensor, counted: bool = False) -> None:
         """zero_grad -> manual_backward -> step. Only the ``counted`` optimiser advances ``global_step``,
         so ``trainer.global_step`` (and ``max_steps``) counts gradient *updates*, one per batch."""
@@ -141,24 +166,39 @@ class OfflineRLModule(L.LightningModule):
     def c4_active(self) -> bool:
         return self.c4.enabled and self.c4.penalty_weight > 0
 
-    def c4_penalty(self, obs, act, next_obs, next_act, feats: torch.Tensor) -> torch.Tensor:
-        """C4 penalty summed over the critic ensemble; ``feats`` are the online critic's features at (s, a).
+    def c4_penalty(self, obs, act, next_obs, next_act, feats: torch.Tensor,
+                   next_feats: torch.Tensor | None = None) -> torch.Tensor:
+        """C4 penalty summed over the critic ensemble; ``feats`` are the online critic's features at (s, a),
+        ``next_feats`` the target critic's at (s', a') if already computed (see ``target_critic``).
         The target side (s', a' = dataset next action) never receives gradients."""
         if self.c4.penalty == "grad_cross_cov":
             grad = input_gradients(self.critic, obs, act, create_graph=True)
             grad_next = input_gradients(self.critic_target, next_obs, next_act, create_graph=False)
             return grad_cross_cov_penalty(grad, grad_next, beta=self.c4.grad_beta, cap=self.c4.grad_cap).sum()
-        with torch.no_grad():
-            _, next_feats = self.critic_target(next_obs, next_act, return_features=True)
+        if next_feats is None:
+            with torch.no_grad():
+                _, next_feats = self.critic_target(next_obs, next_act, return_features=True)
         fn = cross_cov_penalty if self.c4.penalty == "cross_cov" else feature_dot_penalty
         return fn(feats, next_feats).sum()
+
+    @torch.no_grad()
+    def target_critic(self, next_obs: torch.Tensor, next_act: torch.Tensor,
+                      data_next_act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The target critic's Q at (s', ``next_act``) ``[E, B]`` for the backup and, when the C4 penalty needs
+        them, its features at the dataset's (s', ``data_next_act``) ``[E, B, H]`` from the same forward pass (one
+        batched product per layer for both instead of two); else ``None``."""
+        if not (self.c4_active() and self.c4.penalty != "grad_cross_cov"):
+            return self.critic_target(next_obs, next_act), None
+        b = next_obs.shape[0]
+        q, feats = self.critic_target(torch.cat([next_obs, next_obs]), torch.cat([next_act, data_next_act]),
+                                      return_features=True)
+        return q[:, :b], feats[:, b:]
 
     def check_finite(self, **losses: torch.Tensor) -> None:
         """Stop before a non-finite loss reaches the parameters: checkpoint the last good state, then raise."""
         if not self.hparams.nan_check:
             return
-        stacked = torch.stack([v.detach().float().reshape(()) for v in losses.values()])
-        if bool(torch.isfinite(stacked).all()):
+        if all(math.isfinite(float(v)) for v in losses.values()):  # scalar losses: one host read each
             return
         bad = [k for k, v in losses.items() if not torch.isfinite(v.detach()).all()]
         path = None

@@ -79,8 +79,10 @@ class CQL(OfflineRLModule):
         log_every_n_steps: int = 50,
         nan_check: bool = True,
         compile: bool = False,
+        fused_adam: bool = True,
     ):
-        super().__init__(obs_dim, act_dim, max_action, c4, probe_size, log_every_n_steps, nan_check, compile)
+        super().__init__(obs_dim, act_dim, max_action, c4, probe_size, log_every_n_steps, nan_check, compile,
+                         fused_adam)
         check_hyperparameters(gamma, tau, policy_lr=policy_lr, qf_lr=qf_lr, cql_temp=cql_temp)
         if cql_n_actions < 1:
             raise ValueError(f"model.cql_n_actions={cql_n_actions} must be >= 1")
@@ -103,10 +105,10 @@ class CQL(OfflineRLModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        return [torch.optim.Adam(self.critic.parameters(), lr=hp.qf_lr),
-                torch.optim.Adam(self.actor.parameters(), lr=hp.policy_lr),
-                torch.optim.Adam([self.log_alpha], lr=hp.policy_lr),
-                torch.optim.Adam([self.log_alpha_prime], lr=hp.qf_lr)]
+        return [self.adam(self.critic.parameters(), hp.qf_lr),
+                self.adam(self.actor.parameters(), hp.policy_lr),
+                self.adam([self.log_alpha], hp.policy_lr),
+                self.adam([self.log_alpha_prime], hp.qf_lr)]
 
     def _repeat(self, x: torch.Tensor) -> torch.Tensor:
         return x.repeat_interleave(self.hparams.cql_n_actions, dim=0)
@@ -122,11 +124,12 @@ class CQL(OfflineRLModule):
         B, A, n = obs.shape[0], act.shape[-1], hp.cql_n_actions
         logs: dict[str, torch.Tensor] = {}
 
-        # samples for the conservative term and the backup, drawn from the pre-update policy (as CORL)
+        # samples for the conservative term and the backup, drawn from the pre-update policy (as CORL); the actor
+        # runs once per state and draws n actions from each distribution (CORL runs it on n copies of each state)
         with torch.no_grad():
-            obs_rep, next_obs_rep = self._repeat(obs), self._repeat(next_obs)
-            a_curr, logp_curr = self.actor(obs_rep)
-            a_next, logp_next = self.actor(next_obs_rep)
+            obs_rep = self._repeat(obs)
+            a_curr, logp_curr = self.actor.sample_n(obs, n)
+            a_next, logp_next = self.actor.sample_n(next_obs, n)
             a_rand = torch.empty(B * n, A, device=obs.device, dtype=obs.dtype).uniform_(-hp.max_action, hp.max_action)
             if not hp.cql_max_target_backup:  # the backup's a' ~ pi(.|s') also comes from the pre-update policy
                 a_backup, backup_logp = self.actor(next_obs)
@@ -143,7 +146,8 @@ class CQL(OfflineRLModule):
         if self.n_updates < hp.bc_steps:
             actor_loss = (alpha * log_pi - self.actor.log_prob(obs, act)).mean()
         else:
-            q_new = self.critic(obs, new_act).min(dim=0).values
+            # no gradient for the critic's weights: the actor loss trains the actor alone
+            q_new = self.critic(obs, new_act, detach_weights=True).min(dim=0).values
             actor_loss = (alpha * log_pi - q_new).mean()
             if hp.bc_weight > 0:
                 actor_loss = actor_loss - hp.bc_weight * self.actor.log_prob(obs, act).mean()
@@ -151,14 +155,16 @@ class CQL(OfflineRLModule):
         self.step_optimizer(actor_opt, actor_loss)
 
         # --- critics
+        next_feats = None  # the target critic's features at the dataset's (s', a'), for the C4 penalty
         with torch.no_grad():
             if hp.cql_max_target_backup:
-                q_next_all = self.critic_target(next_obs_rep, a_next).view(2, B, n).min(dim=0).values
+                q_next_all = self.critic_target(self._repeat(next_obs), a_next).view(2, B, n).min(dim=0).values
                 target_q, arg = q_next_all.max(dim=-1)
                 next_logp = logp_next.view(B, n).gather(1, arg.unsqueeze(-1)).squeeze(-1)
             else:
                 next_logp = backup_logp
-                target_q = self.critic_target(next_obs, a_backup).min(dim=0).values
+                target_qs, next_feats = self.target_critic(next_obs, a_backup, batch["next_actions"])
+                target_q = target_qs.min(dim=0).values
             if hp.backup_entropy:
                 target_q = target_q - alpha * next_logp
             y = rew + hp.gamma * (1.0 - term) * target_q
@@ -181,7 +187,7 @@ class CQL(OfflineRLModule):
             cql_loss = (hp.cql_alpha * gap).sum()
         critic_loss = td_loss + cql_loss
         if self.c4_active():
-            penalty = self.c4_penalty(obs, act, next_obs, batch["next_actions"], feats)
+            penalty = self.c4_penalty(obs, act, next_obs, batch["next_actions"], feats, next_feats)
             critic_loss = critic_loss + self.c4.penalty_weight * penalty
             logs["c4/penalty"] = penalty.detach()
         self.check_finite(critic_loss=critic_loss)

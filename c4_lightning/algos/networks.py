@@ -30,8 +30,19 @@ class VectorizedLinear(nn.Module):
         bound = 1 / math.sqrt(self.in_features)
         nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias, x, self.weight)
+    def forward(self, x: torch.Tensor, members: slice | None = None, detach_weights: bool = False) -> torch.Tensor:
+        """``x`` is ``[E', B, in]`` for the ``E'`` members selected by ``members`` (all by default).
+        ``detach_weights`` computes with detached weights: gradients still reach ``x``, never the layer."""
+        w, b = self.weight, self.bias
+        if members is not None:
+            w, b = w[members], b[members]
+        if detach_weights:
+            w, b = w.detach(), b.detach()
+        if self.out_features == 1:
+            # a Q head: a batched matrix product with one output column runs its backward as K=1 outer products,
+            # several times slower on a CPU than this multiply-and-sum (same values up to summation order)
+            return (x * w.transpose(-1, -2)).sum(dim=-1, keepdim=True) + b
+        return torch.baddbmm(b, x, w)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, ensemble={self.ensemble_size}"
@@ -92,24 +103,34 @@ class TanhGaussianActor(nn.Module):
         mean, log_std = self.net(obs).chunk(2, dim=-1)
         return mean, log_std.clamp(self.LOG_STD_MIN, self.LOG_STD_MAX).exp()
 
+    def _log_prob(self, u: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        """Log-density of ``max_action * tanh(u)`` for ``u ~ N(mean, std)``, summed over the action dims."""
+        log_prob = (-0.5 * ((u - mean) / std) ** 2 - std.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+        # log |d tanh(u)/du| = 2 (log 2 - u - softplus(-2u)), numerically stable
+        log_prob = log_prob - (2 * (math.log(2) - u - F.softplus(-2 * u))).sum(-1)
+        return log_prob - u.new_tensor(math.log(self.max_action)) * u.shape[-1]
+
     def forward(self, obs: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns ``(action, log_prob)``; log_prob has shape ``obs.shape[:-1]``."""
         mean, std = self._dist(obs)
         u = mean if deterministic else mean + std * torch.randn_like(mean)
-        log_prob = (-0.5 * ((u - mean) / std) ** 2 - std.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
-        # log |d tanh(u)/du| = 2 (log 2 - u - softplus(-2u)), numerically stable
-        log_prob = log_prob - (2 * (math.log(2) - u - F.softplus(-2 * u))).sum(-1)
-        log_prob = log_prob - obs.new_tensor(math.log(self.max_action)) * mean.shape[-1]
-        return self.max_action * torch.tanh(u), log_prob
+        return self.max_action * torch.tanh(u), self._log_prob(u, mean, std)
+
+    def sample_n(self, obs: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` sampled actions per state and their log-densities, ``[B * n, A]`` and ``[B * n]``; row ``b * n + j``
+        belongs to state ``b`` (the layout of ``obs.repeat_interleave(n, 0)``). The same distribution and random
+        draws as ``self(obs.repeat_interleave(n, 0))``, but the network runs once per state, not on ``n`` copies."""
+        mean, std = self._dist(obs)
+        shape = (obs.shape[0], n, mean.shape[-1])
+        mean, std = mean.unsqueeze(1).expand(shape), std.unsqueeze(1).expand(shape)
+        u = mean + std * torch.randn(shape, dtype=mean.dtype, device=mean.device)
+        return (self.max_action * torch.tanh(u)).reshape(-1, shape[-1]), self._log_prob(u, mean, std).reshape(-1)
 
     def log_prob(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """Log-density of given (squashed) actions, used by the optional behaviour-cloning term."""
         mean, std = self._dist(obs)
-        y = (action / self.max_action).clamp(-1 + 1e-6, 1 - 1e-6)
-        u = torch.atanh(y)
-        log_prob = (-0.5 * ((u - mean) / std) ** 2 - std.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
-        log_prob = log_prob - (2 * (math.log(2) - u - F.softplus(-2 * u))).sum(-1)
-        return log_prob - obs.new_tensor(math.log(self.max_action)) * mean.shape[-1]
+        u = torch.atanh((action / self.max_action).clamp(-1 + 1e-6, 1 - 1e-6))
+        return self._log_prob(u, mean, std)
 
     def act(self, obs: torch.Tensor) -> torch.Tensor:
         return self(obs, deterministic=True)[0]
@@ -127,20 +148,27 @@ class CriticEnsemble(nn.Module):
         self.input_dim = obs_dim + act_dim
         self.feature_dim = dims[-1]
 
-    def from_input(self, x: torch.Tensor, return_features: bool = False):
-        """``x`` is ``[B, obs+act]`` (shared by all members) or ``[E, B, obs+act]``."""
+    def from_input(self, x: torch.Tensor, return_features: bool = False, members: slice | None = None,
+                   detach_weights: bool = False):
+        """``x`` is ``[B, obs+act]`` (shared by all members) or ``[E', B, obs+act]``.
+
+        ``members`` evaluates only those members (e.g. ``slice(0, 1)`` for TD3's Q1): ``[E', B]`` out, and no work
+        is spent on the others. ``detach_weights`` lets gradients reach ``x`` (an actor's action) but not the
+        critic's weights, which saves their weight-gradient products in an actor update."""
         if x.dim() == 2:
-            x = x.unsqueeze(0).expand(self.ensemble_size, -1, -1)
+            n = self.ensemble_size if members is None else len(range(self.ensemble_size)[members])
+            x = x.unsqueeze(0).expand(n, -1, -1)
         for layer in self.hidden:
-            x = F.relu(layer(x))
+            x = F.relu(layer(x, members, detach_weights))
         # the 256 -> 1 head in float32 even under bf16/fp16 autocast: Q values (hundreds) and TD errors need
         # more than bf16's 8 bits of mantissa (a no-op in 32-true training)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            q = self.head(x.to(self.head.weight.dtype)).squeeze(-1)
+            q = self.head(x.to(self.head.weight.dtype), members, detach_weights).squeeze(-1)
         return (q, x) if return_features else q
 
-    def forward(self, obs: torch.Tensor, act: torch.Tensor, return_features: bool = False):
-        return self.from_input(torch.cat([obs, act], dim=-1), return_features)
+    def forward(self, obs: torch.Tensor, act: torch.Tensor, return_features: bool = False,
+                members: slice | None = None, detach_weights: bool = False):
+        return self.from_input(torch.cat([obs, act], dim=-1), return_features, members, detach_weights)
 
 
 def soft_update_(target: nn.Module, source: nn.Module, tau: float) -> None:

@@ -38,8 +38,10 @@ class TD3BC(OfflineRLModule):
         log_every_n_steps: int = 50,
         nan_check: bool = True,
         compile: bool = False,
+        fused_adam: bool = True,
     ):
-        super().__init__(obs_dim, act_dim, max_action, c4, probe_size, log_every_n_steps, nan_check, compile)
+        super().__init__(obs_dim, act_dim, max_action, c4, probe_size, log_every_n_steps, nan_check, compile,
+                         fused_adam)
         check_hyperparameters(gamma, tau, actor_lr=actor_lr, critic_lr=critic_lr, alpha=alpha)
         if policy_delay < 1:
             raise ValueError(f"model.policy_delay={policy_delay} must be >= 1")
@@ -54,8 +56,8 @@ class TD3BC(OfflineRLModule):
         self.critic_target = self.make_target(self.critic)
 
     def configure_optimizers(self):
-        return [torch.optim.Adam(self.critic.parameters(), lr=self.hparams.critic_lr),
-                torch.optim.Adam(self.actor.parameters(), lr=self.hparams.actor_lr)]
+        return [self.adam(self.critic.parameters(), self.hparams.critic_lr),
+                self.adam(self.actor.parameters(), self.hparams.actor_lr)]
 
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         hp = self.hparams
@@ -66,15 +68,15 @@ class TD3BC(OfflineRLModule):
         with torch.no_grad():
             noise = (torch.randn_like(act) * hp.policy_noise).clamp(-hp.noise_clip, hp.noise_clip)
             next_act = (self.actor_target(next_obs) + noise).clamp(-hp.max_action, hp.max_action)
-            target_q = self.critic_target(next_obs, next_act).min(dim=0).values
-            y = rew + hp.gamma * (1.0 - term) * target_q
+            target_qs, next_feats = self.target_critic(next_obs, next_act, batch["next_actions"])
+            y = rew + hp.gamma * (1.0 - term) * target_qs.min(dim=0).values
 
         q, feats = self.critic(obs, act, return_features=True)
         td_loss = ((q - y) ** 2).mean(dim=1).sum()
         critic_loss = td_loss
         logs = {"critic_loss": td_loss.detach(), "q_mean": q.detach().mean()}
         if self.c4_active():
-            penalty = self.c4_penalty(obs, act, next_obs, batch["next_actions"], feats)
+            penalty = self.c4_penalty(obs, act, next_obs, batch["next_actions"], feats, next_feats)
             critic_loss = critic_loss + self.c4.penalty_weight * penalty
             logs["c4/penalty"] = penalty.detach()
         self.check_finite(critic_loss=critic_loss)
@@ -82,7 +84,8 @@ class TD3BC(OfflineRLModule):
 
         if (self.n_updates + 1) % hp.policy_delay == 0:  # CORL: total_it counts from 1
             pi = self.actor(obs)
-            q_pi = self.critic(obs, pi)[0]
+            # Q1 only (TD3), and no gradient for the critic's weights: the actor loss trains the actor alone
+            q_pi = self.critic(obs, pi, members=slice(0, 1), detach_weights=True)[0]
             lmbda = hp.alpha / q_pi.abs().mean().detach()
             actor_loss = -lmbda * q_pi.mean() + F.mse_loss(pi, act)
             self.check_finite(actor_loss=actor_loss)
