@@ -157,15 +157,18 @@ class StepTimer:
         return steps / (self.stamps[warmup + steps - 1] - t0)
 
 
-def make_module(algo: str, c4: bool, refit_every_n_epochs: int = 0, **model_kwargs):
-    """Our LightningModule with the package defaults; C4 (cross_cov, lambda 0.1, K 3) on or off.
+def make_module(algo: str, c4: bool | str, refit_every_n_epochs: int = 0, **model_kwargs):
+    """Our LightningModule with the package defaults; C4 (lambda 0.1, K 3) off (``False``), on with the default
+    ``cross_cov`` penalty (``True``) or on with the penalty named by ``c4``.
 
     ``refit_every_n_epochs=0``: the timed fits never refit (refits are timed and amortised separately)."""
     from c4_lightning.algos import CQL, TD3BC
     from c4_lightning.c4.config import C4Config
 
     cls = {"td3bc": TD3BC, "cql": CQL}[algo]
-    return cls(c4=C4Config(enabled=c4, refit_every_n_epochs=refit_every_n_epochs), **model_kwargs)
+    penalty = c4 if isinstance(c4, str) else "cross_cov"
+    return cls(c4=C4Config(enabled=bool(c4), penalty=penalty, refit_every_n_epochs=refit_every_n_epochs),
+               **model_kwargs)
 
 
 def make_trainer(mode: str, max_steps: int, callbacks: list, root: str, device: str):
@@ -187,7 +190,7 @@ def make_trainer(mode: str, max_steps: int, callbacks: list, root: str, device: 
     raise ValueError(f"unknown Trainer mode {mode!r}; use lean or default")
 
 
-def time_lightning(algo: str, c4: bool, dm_factory: Callable, warmup: int, steps: int, threads: int,
+def time_lightning(algo: str, c4: bool | str, dm_factory: Callable, warmup: int, steps: int, threads: int,
                    mode: str = "lean", device: str = "cpu", seed: int = 0, return_model: bool = False) -> dict:
     """One fit of ``warmup + steps`` updates through the real Trainer; returns updates/s of the timed part
     (and, with ``return_model``, the trained module, its datamodule and the C4 partition labels, if any)."""
@@ -226,13 +229,15 @@ def plain_batches(packed: torch.Tensor, layout: dict, batch_size: int, seed: int
         yield rows[:, obs_s], rows[:, act_s], rows[:, rew_c], rows[:, nobs_s], rows[:, term_c]
 
 
-def time_plain(algo: str, dm, warmup: int, steps: int, threads: int, device: str = "cpu", seed: int = 0) -> dict:
-    """The plain PyTorch reference loop (benchmarks/plain_loop.py), same networks, batch 256, same packed data."""
+def time_plain(algo: str, dm, warmup: int, steps: int, threads: int, device: str = "cpu", seed: int = 0,
+               adam_kwargs: dict | None = None) -> dict:
+    """The plain PyTorch reference loop (benchmarks/plain_loop.py), same networks, batch 256, same packed data;
+    ``adam_kwargs`` go to its ``torch.optim.Adam`` (default: PyTorch's default, the for-loop Adam on a CPU)."""
     from plain_loop import PlainCQL, PlainTD3BC
 
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
-    agent = (PlainTD3BC if algo == "td3bc" else PlainCQL)(dm.obs_dim, dm.act_dim)
+    agent = (PlainTD3BC if algo == "td3bc" else PlainCQL)(dm.obs_dim, dm.act_dim, adam_kwargs=adam_kwargs)
     if device != "cpu":
         for name in ("actor", "critic", "actor_target", "critic_target"):
             if hasattr(agent, name):

@@ -10,12 +10,14 @@ What is timed (all contenders in one sitting, the same torch thread count, batch
   progress bar, no checkpointing, no model summary, no evaluation. ``lightning-default``: Trainer defaults as the
   configs use them (TensorBoard logging every 50 steps, progress bar, ModelCheckpoint every epoch), no evaluation.
   Times are taken at the end of every training batch, so data fetching and the Lightning loop are included.
-* ``plain loop``: benchmarks/plain_loop.py (the same updates written as plain PyTorch, the same networks), batches
-  gathered with one ``index_select`` from the datamodule's packed matrix.
+* ``plain loop``: benchmarks/plain_loop.py (the same updates written as plain PyTorch in CORL's way, the same
+  networks), batches gathered with one ``index_select`` from the datamodule's packed matrix; ``plain loop, fused
+  Adam``: the same with ``torch.optim.Adam(fused=True)``, the modules' default.
 * ``d3rlpy fit()`` / ``d3rlpy update()``: d3rlpy's TD3PlusBC and CQL with matched hyperparameters on our transitions
   (see d3rlpy_bench.py), run in a subprocess of the Python that has d3rlpy (``--d3rlpy-python``, default: this
   one, else /work/venv-bench/bin/python); skipped with a note when none has it.
 
+C4 runs once per ``--penalties`` entry (cross_cov, the default, and feature_dot unless told otherwise).
 The first ``--warmup`` updates of every run are excluded; every contender runs ``--repeats`` times, interleaved
 round by round, and the median is reported. C4's timed fits never refit (``refit_every_n_epochs=0``): one refit
 (critic features + standardise/PCA + GMM on at most ``fit_subsample`` rows + prediction on all) is timed
@@ -56,6 +58,9 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="torch threads for every contender (default 1)")
     ap.add_argument("--modes", default=None, help="Trainer settings to time: lean,default (default both; quick: lean)")
     ap.add_argument("--algos", default="td3bc,cql", help="comma list of td3bc,cql")
+    ap.add_argument("--penalties", default=None,
+                    help="C4 penalties to time, comma list of cross_cov,feature_dot,grad_cross_cov "
+                         "(default cross_cov,feature_dot; quick: cross_cov)")
     ap.add_argument("--dataset", default=bu.DEFAULT_DATASET)
     ap.add_argument("--max-transitions", type=int, default=None)
     ap.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
@@ -76,6 +81,10 @@ def parse_args(argv=None):
     args.refit_repeats = args.refit_repeats or (1 if q else 3)
     args.modes = [m for m in (args.modes or ("lean" if q else "lean,default")).split(",") if m]
     args.algos = [a for a in args.algos.split(",") if a]
+    args.penalties = [x for x in (args.penalties or ("cross_cov" if q else "cross_cov,feature_dot")).split(",") if x]
+    for pen in args.penalties:
+        if pen not in ("cross_cov", "feature_dot", "grad_cross_cov"):
+            ap.error(f"--penalties: unknown {pen!r}; use cross_cov, feature_dot or grad_cross_cov")
     for a in args.algos:
         if a not in ALGOS:
             ap.error(f"--algos: unknown {a!r}; use td3bc,cql")
@@ -116,6 +125,13 @@ def run_d3rlpy(py: str, args) -> dict:
     return {"error": f"d3rlpy worker failed (rc {r.returncode}): {(r.stderr or r.stdout).strip()[-500:]}"}
 
 
+def variant_key(algo: str, mode: str, penalty: str | None) -> str:
+    """``td3bc/lean`` (no C4), ``td3bc/lean+c4`` (C4, cross_cov), ``td3bc/lean+c4:feature_dot`` (C4, other penalty)."""
+    if penalty is None:
+        return f"{algo}/{mode}"
+    return f"{algo}/{mode}+c4" + ("" if penalty == "cross_cov" else f":{penalty}")
+
+
 # ---------------------------------------------------------------------------------------------- main
 def main(argv=None) -> dict:
     args = parse_args(argv)
@@ -149,14 +165,18 @@ def main(argv=None) -> dict:
 
     dm_plain = dm_factory()
     c4_models = {}
+    variants = [None, *args.penalties]  # no C4, then C4 with each penalty
     for r in range(args.repeats):
         for algo in args.algos:
             add(f"{algo}/plain", bu.time_plain(algo, dm_plain, warm[algo], steps[algo], args.threads, device, seed=r)["ups"])
+            add(f"{algo}/plain-fused", bu.time_plain(algo, dm_plain, warm[algo], steps[algo], args.threads, device,
+                                                     seed=r, adam_kwargs={"fused": True})["ups"])
             for mode in args.modes:
-                for c4 in (False, True):
-                    res = bu.time_lightning(algo, c4, dm_factory, warm[algo], steps[algo], args.threads, mode, device,
-                                            seed=r, return_model=c4 and mode == args.modes[0])
-                    add(f"{algo}/{mode}{'+c4' if c4 else ''}", res["ups"])
+                for pen in variants:
+                    keep = pen == args.penalties[0] and mode == args.modes[0]
+                    res = bu.time_lightning(algo, pen or False, dm_factory, warm[algo], steps[algo], args.threads,
+                                            mode, device, seed=r, return_model=keep)
+                    add(variant_key(algo, mode, pen), res["ups"])
                     if "model" in res:
                         c4_models[algo] = res
                     if res.get("note") and res["note"] not in notes:
@@ -209,27 +229,35 @@ def _ratio(a, b):
     return a / b if a and b and a == a and b == b else float("nan")
 
 
+def _overhead(med: dict, refits: dict, interval: int, algo: str, mode: str, penalty: str) -> dict:
+    """C4 (with ``penalty``) against no C4, same algorithm and Trainer mode: per-step cost and amortised refit."""
+    base, c4 = med.get(variant_key(algo, mode, None)), med.get(variant_key(algo, mode, penalty))
+    t_base, t_c4 = 1.0 / base, 1.0 / c4
+    refit = refits.get(algo, {}).get("refit", float("nan"))
+    if mode == "default":
+        refit += refits.get(algo, {}).get("scatter", 0.0)  # the TensorBoard scatter image is part of a refit there
+    step_over = t_c4 - t_base
+    amort = refit / interval
+    return {"c4/no-c4 (step)": _ratio(c4, base), "c4/no-c4 (total)": t_base / (t_c4 + amort),
+            "ms/update": 1e3 * t_base, "ms/update c4": 1e3 * t_c4, "penalty ms/update": 1e3 * step_over,
+            "refit s": refit, "refit ms/update": 1e3 * amort, "c4 overhead %": 100 * (step_over + amort) / t_base,
+            "refit % of training": 100 * refit / (interval * t_c4)}
+
+
 def summarise(med: dict, refits: dict, interval: int, args) -> dict:
+    """Per algorithm and Trainer mode: our ratios against the plain loops and d3rlpy, and C4's overhead per penalty
+    (the first penalty's figures also at the top level)."""
     out = {}
     for algo in args.algos:
         s = {}
         for mode in args.modes:
-            base, c4 = med.get(f"{algo}/{mode}"), med.get(f"{algo}/{mode}+c4")
-            t_base, t_c4 = 1.0 / base, 1.0 / c4
-            refit = refits.get(algo, {}).get("refit", float("nan"))
-            if mode == "default":
-                refit += refits.get(algo, {}).get("scatter", 0.0)  # the TensorBoard scatter image is part of a refit there
-            step_over = t_c4 - t_base
-            amort = refit / interval
+            base = med.get(variant_key(algo, mode, None))
+            per_penalty = {pen: _overhead(med, refits, interval, algo, mode, pen) for pen in args.penalties}
             s[mode] = {"ours/plain": _ratio(base, med.get(f"{algo}/plain")),
+                       "ours/plain-fused": _ratio(base, med.get(f"{algo}/plain-fused")),
                        "ours/d3rlpy-fit": _ratio(base, med.get(f"{algo}/d3rlpy-fit")),
                        "ours/d3rlpy-update": _ratio(base, med.get(f"{algo}/d3rlpy-update")),
-                       "c4/no-c4 (step)": _ratio(c4, base),
-                       "c4/no-c4 (total)": t_base / (t_c4 + amort),
-                       "ms/update": 1e3 * t_base, "ms/update c4": 1e3 * t_c4,
-                       "penalty ms/update": 1e3 * step_over, "refit s": refit, "refit ms/update": 1e3 * amort,
-                       "c4 overhead %": 100 * (step_over + amort) / t_base,
-                       "refit % of training": 100 * refit / (interval * t_c4)}
+                       **per_penalty[args.penalties[0]], "penalties": per_penalty}
         out[algo] = s
     return out
 
@@ -237,31 +265,40 @@ def summarise(med: dict, refits: dict, interval: int, args) -> dict:
 def render(results: dict, args) -> str:
     med, summ = results["median_ups"], results["summary"]
     cols = [NAMES[a] for a in args.algos]
-    rows = [["plain PyTorch loop", *[med.get(f"{a}/plain") for a in args.algos]]]
+    rows = [["plain PyTorch loop (CORL-style)", *[med.get(f"{a}/plain") for a in args.algos]],
+            ["plain PyTorch loop, fused Adam", *[med.get(f"{a}/plain-fused") for a in args.algos]]]
     for mode in args.modes:
-        rows.append([f"Lightning {mode}", *[med.get(f"{a}/{mode}") for a in args.algos]])
-        rows.append([f"Lightning {mode} + C4 (no refit)", *[med.get(f"{a}/{mode}+c4") for a in args.algos]])
+        rows.append([f"Lightning {mode}", *[med.get(variant_key(a, mode, None)) for a in args.algos]])
+        for pen in args.penalties:
+            rows.append([f"Lightning {mode} + C4 {pen} (no refit)", *[med.get(variant_key(a, mode, pen))
+                                                                      for a in args.algos]])
     rows.append(["d3rlpy fit()", *[med.get(f"{a}/d3rlpy-fit") for a in args.algos]])
     rows.append(["d3rlpy update() only", *[med.get(f"{a}/d3rlpy-update") for a in args.algos]])
     parts = [bu.format_table(["updates/s (median)", *cols], rows,
                              title=f"## Updates per second (median of {args.repeats}, batch 256, {args.threads} thread(s))")]
     rrows = []
     for mode in args.modes:
-        for key, label in (("ours/plain", "ours / plain loop"), ("ours/d3rlpy-fit", "ours / d3rlpy fit()"),
-                           ("ours/d3rlpy-update", "ours / d3rlpy update()"),
-                           ("c4/no-c4 (step)", "C4 / no-C4 (per step, no refit)"),
-                           ("c4/no-c4 (total)", "C4 / no-C4 (incl. amortised refit)")):
+        for key, label in (("ours/plain", "ours / plain loop"), ("ours/plain-fused", "ours / plain loop, fused Adam"),
+                           ("ours/d3rlpy-fit", "ours / d3rlpy fit()"), ("ours/d3rlpy-update", "ours / d3rlpy update()")):
             rrows.append([f"{label} [{mode}]", *[summ[a][mode][key] for a in args.algos]])
+        for pen in args.penalties:
+            for key, label in (("c4/no-c4 (step)", "C4 / no-C4 (per step, no refit)"),
+                               ("c4/no-c4 (total)", "C4 / no-C4 (incl. amortised refit)")):
+                rrows.append([f"{label}, {pen} [{mode}]", *[summ[a][mode]["penalties"][pen][key] for a in args.algos]])
     parts.append(bu.format_table(["ratio (updates/s)", *cols], rrows, title="## Ratios (>1: the first is faster)"))
     orows = []
     for mode in args.modes:
-        for key, label in (("ms/update", "ms/update, no C4"), ("ms/update c4", "ms/update, C4 (no refit)"),
-                           ("penalty ms/update", "C4 per-step cost ms (penalty + cluster sampling)"),
-                           ("refit s", "one refit s" + (" (+ TensorBoard scatter)" if mode == "default" else "")),
-                           ("refit ms/update", f"refit amortised over {results['refit_interval_updates']} updates, ms"),
-                           ("c4 overhead %", "C4 total overhead %"),
-                           ("refit % of training", "refit time / training time between refits %")):
-            orows.append([f"{label} [{mode}]", *[summ[a][mode][key] for a in args.algos]])
+        orows.append([f"ms/update, no C4 [{mode}]", *[summ[a][mode]["ms/update"] for a in args.algos]])
+        orows.append([f"one refit s{' (+ TensorBoard scatter)' if mode == 'default' else ''} [{mode}]",
+                      *[summ[a][mode]["refit s"] for a in args.algos]])
+        orows.append([f"refit amortised over {results['refit_interval_updates']} updates, ms [{mode}]",
+                      *[summ[a][mode]["refit ms/update"] for a in args.algos]])
+        for pen in args.penalties:
+            for key, label in (("ms/update c4", "ms/update, C4 (no refit)"),
+                               ("penalty ms/update", "C4 per-step cost ms (penalty + cluster sampling)"),
+                               ("c4 overhead %", "C4 total overhead %"),
+                               ("refit % of training", "refit time / training time between refits %")):
+                orows.append([f"{label}, {pen} [{mode}]", *[summ[a][mode]["penalties"][pen][key] for a in args.algos]])
     parts.append(bu.format_table(["C4 overhead", *cols], orows,
                                  title="## C4 overhead (penalty + amortised refit at the default interval)"))
     frows = []

@@ -114,18 +114,23 @@ def test_d3rlpy_dataset_matches_our_transitions_across_episode_boundaries():
 def test_throughput_quick_prints_tables_and_ratios(tmp_path):
     out_json = tmp_path / "tp.json"
     out = _run(["benchmarks/throughput.py", "--steps", "4", "--cql-steps", "2", "--warmup", "1", "--repeats", "1",
-                "--modes", "lean", "--refit-repeats", "1", "--no-d3rlpy", "--json", str(out_json)])
-    for text in ("## Updates per second", "plain PyTorch loop", "Lightning lean", "Lightning lean + C4",
+                "--modes", "lean", "--refit-repeats", "1", "--no-d3rlpy", "--penalties", "cross_cov,feature_dot",
+                "--json", str(out_json)])
+    for text in ("## Updates per second", "plain PyTorch loop", "plain PyTorch loop, fused Adam", "Lightning lean",
+                 "Lightning lean + C4 cross_cov", "Lightning lean + C4 feature_dot", "ours / plain loop, fused Adam",
                  "d3rlpy fit()", "## Ratios", "ours / plain loop [lean]", "ours / d3rlpy fit() [lean]",
-                 "C4 / no-C4 (per step, no refit) [lean]", "C4 / no-C4 (incl. amortised refit) [lean]",
+                 "C4 / no-C4 (per step, no refit), cross_cov [lean]", "C4 / no-C4 (incl. amortised refit), cross_cov [lean]",
+                 "C4 total overhead %, feature_dot [lean]",
                  "C4 total overhead %", "refit amortised over 10000 updates", "## One refit, by phase",
                  "| TD3+BC", "| CQL"):
         assert text in out, f"missing {text!r} in:\n{out}"
     assert "skipped (--no-d3rlpy)" in out
     data = json.loads(out_json.read_text())
-    for key in ("td3bc/plain", "td3bc/lean", "td3bc/lean+c4", "cql/plain", "cql/lean", "cql/lean+c4"):
+    for key in ("td3bc/plain", "td3bc/plain-fused", "td3bc/lean", "td3bc/lean+c4", "td3bc/lean+c4:feature_dot",
+                "cql/plain", "cql/lean", "cql/lean+c4"):
         assert data["median_ups"][key] > 0
     assert set(data["summary"]["td3bc"]["lean"]) >= {"ours/plain", "c4/no-c4 (total)", "c4 overhead %"}
+    assert set(data["summary"]["td3bc"]["lean"]["penalties"]) == {"cross_cov", "feature_dot"}
 
 
 def test_refit_scale_tiny_prints_table(tmp_path):
