@@ -34,6 +34,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -70,6 +71,9 @@ def parse_args(argv=None):
     ap.add_argument("--refit-repeats", type=int, default=None, help="timed refits (default 3, quick 1)")
     ap.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                     help="wall (default) or cpu: process CPU time, robust on a machine shared with other jobs")
+    ap.add_argument("--before", default=None, metavar="DIR",
+                    help="a checkout of an earlier commit (git worktree add DIR <commit>): each round also runs its "
+                         "throughput.py (lean Trainer, no d3rlpy, one repeat) for a before/after table in one sitting")
     ap.add_argument("--json", default=None, help="write all measurements to this JSON file")
     args = ap.parse_args(argv)
     q = args.quick
@@ -108,6 +112,22 @@ def find_d3rlpy_python(explicit: str | None) -> tuple[str | None, str]:
             return py, r.stdout.strip()
     return None, ("d3rlpy is not importable (install the `bench` extra, d3rlpy==2.8.0, in a separate venv: "
                   "see BENCHMARKS.md) - d3rlpy rows skipped")
+
+
+def run_before(args, round_index: int) -> dict:
+    """One round of an earlier checkout's throughput.py (its own package via PYTHONPATH): median_ups by key."""
+    root = Path(args.before).resolve()
+    with tempfile.TemporaryDirectory(prefix="c4bench_before_") as tmp:
+        out = Path(tmp) / "before.json"
+        cmd = [sys.executable, str(root / "benchmarks" / "throughput.py"), "--steps", str(args.steps),
+               "--cql-steps", str(args.cql_steps), "--warmup", str(args.warmup), "--repeats", "1",
+               "--threads", str(args.threads), "--modes", "lean", "--algos", ",".join(args.algos), "--no-d3rlpy",
+               "--refit-repeats", "1", "--clock", args.clock, "--device", args.device, "--json", str(out)]
+        env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS=str(args.threads))
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp)  # cwd: not this checkout
+        if r.returncode != 0 or not out.exists():
+            return {"error": f"--before round {round_index} failed (rc {r.returncode}): {(r.stderr or r.stdout)[-500:]}"}
+        return json.loads(out.read_text())["median_ups"]
 
 
 def run_d3rlpy(py: str, args) -> dict:
@@ -181,6 +201,15 @@ def main(argv=None) -> dict:
                         c4_models[algo] = res
                     if res.get("note") and res["note"] not in notes:
                         notes.append(res["note"])
+        if args.before:
+            res = run_before(args, r)
+            if "error" in res:
+                notes.append(res["error"])
+                args.before = None
+            else:
+                for key, ups in res.items():
+                    if key.split("/")[1] in ("plain", "lean", "lean+c4"):
+                        add(f"before:{key}", ups)
         if d3_py:
             res = run_d3rlpy(d3_py, args)
             if "error" in res:
@@ -301,6 +330,15 @@ def render(results: dict, args) -> str:
                 orows.append([f"{label}, {pen} [{mode}]", *[summ[a][mode]["penalties"][pen][key] for a in args.algos]])
     parts.append(bu.format_table(["C4 overhead", *cols], orows,
                                  title="## C4 overhead (penalty + amortised refit at the default interval)"))
+    if any(k.startswith("before:") for k in med):
+        brows = []
+        for a in args.algos:
+            for key, label in (("plain", "plain loop"), ("lean", "Lightning lean"),
+                               ("lean+c4", "Lightning lean + C4 cross_cov")):
+                before, after = med.get(f"before:{a}/{key}"), med.get(f"{a}/{key}")
+                brows.append([f"{NAMES[a]} {label}", before, after, _ratio(after, before)])
+        parts.append(bu.format_table(["updates/s (median)", "before", "after", "after / before"], brows,
+                                     title=f"## Before ({results['args']['before']}) / after, same sitting"))
     frows = []
     for a in args.algos:
         r = results["refit_seconds"][a]

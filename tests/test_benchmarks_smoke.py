@@ -115,12 +115,12 @@ def test_throughput_quick_prints_tables_and_ratios(tmp_path):
     out_json = tmp_path / "tp.json"
     out = _run(["benchmarks/throughput.py", "--steps", "4", "--cql-steps", "2", "--warmup", "1", "--repeats", "1",
                 "--modes", "lean", "--refit-repeats", "1", "--no-d3rlpy", "--penalties", "cross_cov,feature_dot",
-                "--json", str(out_json)])
+                "--before", str(REPO), "--json", str(out_json)], timeout=240)
     for text in ("## Updates per second", "plain PyTorch loop", "plain PyTorch loop, fused Adam", "Lightning lean",
                  "Lightning lean + C4 cross_cov", "Lightning lean + C4 feature_dot", "ours / plain loop, fused Adam",
                  "d3rlpy fit()", "## Ratios", "ours / plain loop [lean]", "ours / d3rlpy fit() [lean]",
                  "C4 / no-C4 (per step, no refit), cross_cov [lean]", "C4 / no-C4 (incl. amortised refit), cross_cov [lean]",
-                 "C4 total overhead %, feature_dot [lean]",
+                 "C4 total overhead %, feature_dot [lean]", "## Before (", "| TD3+BC Lightning lean + C4 cross_cov |",
                  "C4 total overhead %", "refit amortised over 10000 updates", "## One refit, by phase",
                  "| TD3+BC", "| CQL"):
         assert text in out, f"missing {text!r} in:\n{out}"
@@ -131,6 +131,7 @@ def test_throughput_quick_prints_tables_and_ratios(tmp_path):
         assert data["median_ups"][key] > 0
     assert set(data["summary"]["td3bc"]["lean"]) >= {"ours/plain", "c4/no-c4 (total)", "c4 overhead %"}
     assert set(data["summary"]["td3bc"]["lean"]["penalties"]) == {"cross_cov", "feature_dot"}
+    assert data["median_ups"]["before:cql/lean+c4"] > 0  # --before ran the (here: same) checkout's script too
 
 
 def test_refit_scale_tiny_prints_table(tmp_path):
