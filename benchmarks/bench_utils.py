@@ -181,11 +181,13 @@ def make_trainer(mode: str, max_steps: int, callbacks: list, root: str, device: 
         return L.Trainer(logger=False, enable_progress_bar=False, enable_checkpointing=False,
                          enable_model_summary=False, callbacks=callbacks, **common)
     if mode == "default":
-        # Trainer defaults as the configs use them (TensorBoard, progress bar, model summary, log every 50 steps),
-        # plus the configs' ModelCheckpoint(save_last, every epoch); no evaluation callback.
+        # what `train.py fit --config configs/...` runs: TensorBoard every 50 steps, the CLI's progress bar, model
+        # summary, the configs' ModelCheckpoint(save_last, every epoch); no evaluation callback.
         from lightning.pytorch.callbacks import ModelCheckpoint
 
-        return L.Trainer(callbacks=[*callbacks, ModelCheckpoint(save_last=True, every_n_epochs=1)],
+        from c4_lightning.cli import C4ProgressBar
+
+        return L.Trainer(callbacks=[*callbacks, C4ProgressBar(), ModelCheckpoint(save_last=True, every_n_epochs=1)],
                          log_every_n_steps=50, **common)
     raise ValueError(f"unknown Trainer mode {mode!r}; use lean or default")
 

@@ -7,8 +7,9 @@
 What is timed (all contenders in one sitting, the same torch thread count, batch 256, the same data in memory):
 
 * ``lightning-lean``: ``trainer.fit`` of our LightningModule (TD3BC, CQL; C4 on/off) with ``logger=False``, no
-  progress bar, no checkpointing, no model summary, no evaluation. ``lightning-default``: Trainer defaults as the
-  configs use them (TensorBoard logging every 50 steps, progress bar, ModelCheckpoint every epoch), no evaluation.
+  progress bar, no checkpointing, no model summary, no evaluation. ``lightning-default``: the Trainer as
+  ``train.py`` runs the configs (TensorBoard logging every 50 steps, the CLI's progress bar, ModelCheckpoint every
+  epoch), no evaluation.
   Times are taken at the end of every training batch, so data fetching and the Lightning loop are included.
 * ``plain loop``: benchmarks/plain_loop.py (the same updates written as plain PyTorch in CORL's way, the same
   networks), batches gathered with one ``index_select`` from the datamodule's packed matrix; ``plain loop, fused

@@ -281,3 +281,14 @@ def test_fused_adam_by_default_and_for_loop_adam_on_request(algo):
     assert fused and all(o.defaults["fused"] for o in fused)
     plain = algo(obs_dim=4, act_dim=2, fused_adam=False).configure_optimizers()
     assert not any(o.defaults["fused"] for o in plain)
+
+
+def test_batch_transfer_moves_each_tensor_and_falls_back_for_other_batches():
+    module = TD3BC(obs_dim=4, act_dim=2)
+    batch = {"observations": torch.randn(3, 4), "indices": torch.arange(3)}
+    moved = module.transfer_batch_to_device(batch, torch.device("cpu"), 0)
+    assert set(moved) == set(batch) and all(moved[k] is batch[k] for k in batch)  # already there: no copies
+    moved = module.transfer_batch_to_device(batch, torch.device("meta"), 0)
+    assert all(v.device.type == "meta" for v in moved.values())
+    nested = module.transfer_batch_to_device([batch, "tag"], torch.device("meta"), 0)  # Lightning's generic path
+    assert nested[1] == "tag" and nested[0]["observations"].device.type == "meta"

@@ -301,3 +301,10 @@ def test_fit_from_the_command_line_logs_everything(tmp_path):
     assert saved["model"]["init_args"]["c4"]["penalty_weight"] == 0.3
     assert (log_dir / "checkpoints" / "last.ckpt").is_file()
     assert "last checkpoint:" in proc.stdout and "final normalized score" in proc.stdout
+
+
+def test_progress_bar_redraws_every_ten_updates_by_default():
+    from c4_lightning.cli import C4ProgressBar
+
+    assert C4ProgressBar().refresh_rate == 10
+    assert C4ProgressBar(refresh_rate=1).refresh_rate == 1

@@ -229,12 +229,19 @@ class OfflineRLModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logs = self.update(batch)
-        self.updates_done += 1
+        self.updates_done.add_(1)
         self.n_updates += 1
         self.batches_done_in_epoch = batch_idx + 1
         if logs and self.should_log():
             self.log_dict({(k if "/" in k else f"train/{k}"): v for k, v in logs.items()}, on_step=True, on_epoch=False)
             self.log("critic_loss", logs["critic_loss"], prog_bar=True, logger=False, on_step=True, on_epoch=False)
+
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        """A batch dict of tensors moves with one ``.to`` each (a no-op for the datamodule's on-device data);
+        anything else takes Lightning's generic path."""
+        if isinstance(batch, dict) and all(isinstance(v, torch.Tensor) for v in batch.values()):
+            return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def on_train_epoch_start(self) -> None:
         self.batches_done_in_epoch = 0
