@@ -292,3 +292,15 @@ def test_batch_transfer_moves_each_tensor_and_falls_back_for_other_batches():
     assert all(v.device.type == "meta" for v in moved.values())
     nested = module.transfer_batch_to_device([batch, "tag"], torch.device("meta"), 0)  # Lightning's generic path
     assert nested[1] == "tag" and nested[0]["observations"].device.type == "meta"
+
+
+@pytest.mark.parametrize("algo", ["td3bc", "cql"])
+def test_the_update_step_raises_no_torch_warnings(toy_env, tmp_path, algo):
+    """E.g. reading a loss that requires grad as a Python float warns once per process in a user's run."""
+    L.seed_everything(0, verbose=False)
+    module = td3bc() if algo == "td3bc" else cql()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(module, tmp_path, max_steps=3)
+    messages = [str(w.message) for w in caught if "requires_grad" in str(w.message)]
+    assert not messages, messages

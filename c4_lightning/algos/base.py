@@ -198,7 +198,7 @@ class OfflineRLModule(L.LightningModule):
         """Stop before a non-finite loss reaches the parameters: checkpoint the last good state, then raise."""
         if not self.hparams.nan_check:
             return
-        if all(math.isfinite(float(v)) for v in losses.values()):  # scalar losses: one host read each
+        if all(math.isfinite(float(v.detach())) for v in losses.values()):  # scalar losses: one host read each
             return
         bad = [k for k, v in losses.items() if not torch.isfinite(v.detach()).all()]
         path = None
