@@ -296,11 +296,14 @@ def test_batch_transfer_moves_each_tensor_and_falls_back_for_other_batches():
 
 @pytest.mark.parametrize("algo", ["td3bc", "cql"])
 def test_the_update_step_raises_no_torch_warnings(toy_env, tmp_path, algo):
-    """E.g. reading a loss that requires grad as a Python float warns once per process in a user's run."""
+    """E.g. reading a loss that requires grad as a Python float warns in a user's run (torch warns once per
+    process, so this catches it when run alone or first)."""
     L.seed_everything(0, verbose=False)
     module = td3bc() if algo == "td3bc" else cql()
+    dm = make_datamodule(CHAIN, batch_size=B, steps_per_epoch=3)
+    trainer = make_trainer(tmp_path, max_steps=3)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fit(module, tmp_path, max_steps=3)
+        trainer.fit(module, datamodule=dm)
     messages = [str(w.message) for w in caught if "requires_grad" in str(w.message)]
     assert not messages, messages
