@@ -47,6 +47,7 @@ from c4_lightning.algos.base import NonFiniteLossError, OfflineRLModule
 from c4_lightning.data.datamodule import OfflineRLDataModule
 from c4_lightning.evaluation.callback import EvalCallback
 from c4_lightning.reliability import GracefulShutdown, TrainingInterrupted, error_line
+from c4_lightning.training.checkpoint import load_checkpoint
 
 # ---------------------------------------------------------------------------------------------- errors
 
@@ -201,6 +202,15 @@ class C4LightningCLI(LightningCLI):
             # args=[...] from Python (notebooks, tests) while sys.argv holds the host's own arguments is intended
             warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter is intended.*")
             super().__init__(*args, **kwargs)
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning reads ``--ckpt_path``'s hyperparameters here, before any trainer exists: check the file first
+        (restricted unpickler; a crafted, corrupt or missing file or a folder is refused in one line)."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):  # Lightning's own lookups
+            load_checkpoint(ckpt_path, map_location="cpu")
+        super()._parse_ckpt_path()
 
     def init_parser(self, **kwargs) -> LightningArgumentParser:
         kwargs.setdefault("dump_header", ["c4_lightning config: python train.py fit --config this.yaml"])

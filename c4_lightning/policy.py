@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from c4_lightning.training.checkpoint import load_checkpoint
+
 
 class Policy:
     """A deterministic policy from a checkpoint. ``policy(obs)`` takes raw observations (``[obs_dim]`` or
@@ -72,16 +74,11 @@ def load_policy(ckpt: str | Path, map_location: str | torch.device = "cpu") -> P
     """Load the actor (and its normalisation) of a TD3BC or CQL checkpoint written by ``train.py``, the
     Python API (``trainer.save_checkpoint``) or a graceful stop."""
     path = Path(ckpt)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist: pass the path of a .ckpt written by train.py")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:
-        raise ValueError(f"checkpoint {path} cannot be read ({err}): it is corrupt or not a torch checkpoint") from err
+    checkpoint = load_checkpoint(path, map_location=map_location)  # never runs code from the file
     info = checkpoint.get("c4_lightning") if isinstance(checkpoint, dict) else None
     classes = algorithm_classes()
     if not info or info.get("algo") not in classes:
         raise ValueError(f"checkpoint {path} was not written by a c4_lightning TD3BC/CQL run")
-    module = classes[info["algo"]].load_from_checkpoint(path, map_location=map_location)
+    module = classes[info["algo"]].load_from_checkpoint(path, map_location=map_location, weights_only=True)
     ref = info.get("ref_scores")
     return Policy(module, info.get("env_id"), tuple(ref) if ref else None)

@@ -99,7 +99,16 @@ class GracefulShutdown(Callback):
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` whose local writes are atomic: the checkpoint goes to a temporary file in the
     same folder, is flushed and fsynced, then ``os.replace``-d over the target. A failure at any point
-    (an exception in ``torch.save``, a full disk, a kill) leaves the previous file untouched."""
+    (an exception in ``torch.save``, a full disk, a kill) leaves the previous file untouched. Local reads
+    (``--ckpt_path``) never run code from the file: :func:`c4_lightning.training.load_checkpoint`, whatever
+    ``weights_only`` the caller asked for."""
+
+    def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
+        if "://" in str(path):  # remote paths: Lightning's loader, restricted as well
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        from c4_lightning.training.checkpoint import load_checkpoint
+
+        return load_checkpoint(path, map_location=map_location or (lambda storage, loc: storage))
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None or "://" in str(path):  # remote paths: Lightning's own transaction
