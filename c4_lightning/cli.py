@@ -374,3 +374,7 @@ def main(args: list[str] | None = None) -> None:
 
 
 _CURRENT: dict = {}
+
+
+if __name__ == "__main__":  # python -m c4_lightning.cli fit ... (what c4-sweep runs for each trial)
+    main()

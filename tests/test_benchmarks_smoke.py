@@ -142,26 +142,3 @@ def test_refit_scale_tiny_prints_table(tmp_path):
         assert text in out, f"missing {text!r} in:\n{out}"
     data = json.loads((tmp_path / "rs.json").read_text())
     assert [r["n"] for r in data["results"]] == [1500, 3000]
-
-
-def test_returns_dry_run_plans_and_estimates(tmp_path):
-    out = _run(["benchmarks/returns.py", "--dry-run", "--out", str(tmp_path), "--seeds", "0,1,2"])
-    assert "33 runs planned" in out  # 2 algos x 2 datasets x 2 variants x 3 seeds + 3 extra lambdas x 3 seeds
-    assert "estimated wall time" in out
-
-
-def test_returns_config_is_a_valid_train_config(tmp_path):
-    import returns
-    import yaml
-
-    args = returns.parse_args(["--out", str(tmp_path), "--td3bc-steps", "1000", "--evals", "10"])
-    run = returns.Run("td3bc", "replay10k", 1, True, 0.5)
-    cfg = returns.make_config(args, run)
-    assert cfg["model"]["init_args"]["c4"]["penalty_weight"] == 0.5
-    assert cfg["data"] == {**cfg["data"], "dataset_id": "hopper/medium-replay", "max_transitions": 10000,
-                           "steps_per_epoch": 100}
-    assert cfg["trainer"]["max_epochs"] == 10 and cfg["seed_everything"] == 1
-    path = tmp_path / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    out = _run(["train.py", "fit", "--config", str(path), "--print_config"], timeout=120)
-    assert "penalty_weight: 0.5" in out and "max_transitions: 10000" in out

@@ -139,9 +139,12 @@ class EvalCallback(Callback):
         if not trainer.is_global_zero or not self.history:
             return
         summary = self.summary()
+        final = summary["final_normalized_score"]
+        final = float("nan") if final is None else final
         for logger in trainer.loggers:
-            logger.log_metrics({"eval/final_normalized_score": summary["final_normalized_score"] or float("nan"),
-                                "eval/final_return": summary["final_return"]}, step=trainer.global_step)
+            # hp_metric: TensorBoard's HParams tab ranks runs by the final score
+            logger.log_metrics({"eval/final_normalized_score": final, "eval/final_return": summary["final_return"],
+                                "hp_metric": final}, step=trainer.global_step)
         if log_dir:
             path = Path(log_dir) / "summary.json"
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,23 @@
+"""A callback the sweep tests inject into a trial to kill it (SIGKILL, no checkpoint, no clean-up) once."""
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+from lightning.pytorch import Callback
+
+
+class KillOnce(Callback):
+    """SIGKILLs its own process after ``at_step`` updates of the trial whose folder ends with ``seed_suffix``,
+    the first time only (a marker file in the trial folder records that it happened)."""
+
+    def __init__(self, at_step: int, seed_suffix: str):
+        self.at_step, self.seed_suffix = at_step, seed_suffix
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        root = Path(trainer.default_root_dir)
+        marker = root / "killed-once"
+        if root.name.endswith(self.seed_suffix) and trainer.global_step >= self.at_step and not marker.exists():
+            marker.write_text(str(trainer.global_step))
+            os.kill(os.getpid(), signal.SIGKILL)
