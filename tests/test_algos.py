@@ -16,12 +16,13 @@ from helpers_lightning import (BatchSpy, MemoryLogger, make_datamodule, make_tra
 from c4_lightning.algos import CQL, TD3BC
 from c4_lightning.algos.cql import cql_conservative_gap
 from c4_lightning.c4.config import C4Config
+from c4_lightning.c4.penalty import PENALTIES as REGISTRY
 from c4_lightning.data.sampler import index_seed
 
 CHAIN = "toy/chain-v0"  # N = 480, obs 4, act 2 (helpers_lightning.write_chain_dataset)
 OBS, ACT = 4, 2
 B = 32
-PENALTIES = ["cross_cov", "feature_dot", "grad_cross_cov"]
+PENALTIES = sorted(REGISTRY)
 
 
 def fit(module, tmp_path, max_steps, steps_per_epoch=3, callbacks=(), logger=None, dm=None):
@@ -113,14 +114,15 @@ def test_penalty_gradient_reaches_only_the_online_critic(penalty):
     module = td3bc(c4=C4Config(enabled=True, penalty=penalty, penalty_weight=1.0))
     obs, act = torch.randn(B, OBS), torch.rand(B, ACT) * 2 - 1
     next_obs, next_act = torch.randn(B, OBS), torch.rand(B, ACT) * 2 - 1
+    batch = {"observations": obs, "actions": act, "next_observations": next_obs, "next_actions": next_act}
     _, feats = module.critic(obs, act, return_features=True)
-    pen = module.c4_penalty(obs, act, next_obs, next_act, feats)
+    pen = module.c4.penalty(module, batch, feats, None, torch.ones(()), {})
     assert pen.dim() == 0 and float(pen.detach()) > 0
     actor_p, critic_p = list(module.actor.parameters()), list(module.critic.parameters())
     grads = torch.autograd.grad(pen, actor_p + critic_p, allow_unused=True)
     assert all(g is None for g in grads[:len(actor_p)]), "the penalty must not reach the actor"
     assert any(g is not None and g.abs().sum() > 0 for g in grads[len(actor_p):])
-    pen2 = module.c4_penalty(obs, act, next_obs, next_act, module.critic(obs, act, return_features=True)[1])
+    pen2 = module.c4.penalty(module, batch, module.critic(obs, act, return_features=True)[1], None, torch.ones(()), {})
     pen2.backward()
     for net in (module.critic_target, module.actor_target):
         assert all(not p.requires_grad and p.grad is None for p in net.parameters())

@@ -49,7 +49,7 @@ def test_reset_and_non_square_and_single_member():
     m.reset()
     m.update(x[0], y[0])  # [B, D] is one member
     out = m.compute()
-    assert set(out) == {"fro"}
+    assert set(out) == {"fro", "corr_rms"}  # no trace for a non-square C
     assert out["fro"].item() == pytest.approx(torch.linalg.matrix_norm(cross_covariance(x[0].double(), y[0].double())).item(), rel=1e-9)
     # inferred shapes are forgotten on reset
     lazy = CrossCovarianceMetric()

@@ -139,9 +139,9 @@ def test_bad_inputs():
 
 
 def test_registry_and_validation():
-    assert set(PENALTIES) == {"cross_cov", "feature_dot", "grad_cross_cov"}
+    assert {"cross_cov", "feature_dot", "grad_cross_cov", "weighted_cross_cov"} <= set(PENALTIES)
     assert validate_penalty_name("feature_dot") == "feature_dot"
-    with pytest.raises(ValueError, match=r"cross_cov.*feature_dot.*grad_cross_cov"):
+    with pytest.raises(ValueError, match=r"crosscov.*cross_cov.*feature_dot.*grad_cross_cov.*weighted_cross_cov"):
         validate_penalty_name("crosscov")
     x, y = torch.randn(8, 3), torch.randn(8, 3)
     torch.testing.assert_close(penalty_value("cross_cov", x, y), cross_cov_penalty(x, y))

@@ -130,7 +130,9 @@ def test_trajectory_tail_members_by_hand():
     episode_ids = np.array([0, 0, 0, 0, 1, 1, 1])
     labels = np.array([1, 0, 1, 2, 2, 2, 0])
     members = trajectory_tail_members(labels, episode_ids, 3)
-    assert [m.tolist() for m in members] == [[1, 2, 3, 6], [0, 1, 2, 3], [3, 4, 5, 6]]
+    # the authors' rule: members, plus every step after a trajectory's *last* member (cluster 1 in episode 0 has
+    # members 0 and 2: step 1 is not added, step 3 is)
+    assert [m.tolist() for m in members] == [[1, 2, 3, 6], [0, 2, 3], [3, 4, 5, 6]]
 
 
 def test_trajectory_tail_flag_gives_overlapping_member_lists(toy_env, tmp_path):
@@ -144,12 +146,12 @@ def test_trajectory_tail_flag_gives_overlapping_member_lists(toy_env, tmp_path):
     for k, m in enumerate(members):
         m = m.numpy()
         assert set(np.flatnonzero(labels == k)) <= set(m)  # every member of cluster k stays in it
-        for ep in np.unique(episode_ids[m]):  # ... extended to the end of each trajectory it touches
-            in_ep = m[episode_ids[m] == ep]
+        for ep in np.unique(episode_ids[m]):  # ... plus every step after the trajectory's last member (authors' rule)
+            in_ep = np.sort(m[episode_ids[m] == ep])
             first = np.flatnonzero(episode_ids == ep)[0]
-            hit = in_ep.min()
-            assert hit == first + np.flatnonzero(labels[episode_ids == ep] == k)[0]
-            np.testing.assert_array_equal(np.sort(in_ep), np.arange(hit, first + steps[episode_ids == ep].max() + 1))
+            own = first + np.flatnonzero(labels[episode_ids == ep] == k)
+            tail = np.arange(own[-1], first + steps[episode_ids == ep].max() + 1)
+            np.testing.assert_array_equal(in_ep, np.union1d(own, tail))
     # every batch came from one member list of the partition in force
     for (_, _, idx), part in zip(spy.batches, spy.partitions):
         assert isinstance(part, list)

@@ -1,5 +1,6 @@
-"""What TD3BC and CQL share: network building from the data, normalisation buffers, the C4 penalty,
-optimiser stepping, diagnostics, the non-finite-loss guard and acting on raw observations."""
+"""What TD3BC and CQL share: network building from the data, normalisation buffers, optimiser stepping,
+diagnostics, the non-finite-loss guard and acting on raw observations. C4 lives in its plug-in
+(:class:`c4_lightning.c4.plugin.C4`, ``self.c4``); nothing here depends on which penalty it runs."""
 from __future__ import annotations
 
 import copy
@@ -12,9 +13,8 @@ import torch
 from torch import nn
 
 from c4_lightning.c4.config import C4Config
-from c4_lightning.c4.features import input_gradients
 from c4_lightning.c4.metrics import CrossCovarianceMetric
-from c4_lightning.c4.penalty import cross_cov_penalty, feature_dot_penalty, grad_cross_cov_penalty
+from c4_lightning.c4.plugin import C4
 from c4_lightning.reliability import rng_state, set_rng_state
 
 
@@ -38,7 +38,7 @@ class OfflineRLModule(L.LightningModule):
         obs_dim: int | None = None,
         act_dim: int | None = None,
         max_action: float = 1.0,
-        c4: C4Config | None = None,
+        c4: C4Config | C4 | None = None,
         probe_size: int = 2048,
         log_every_n_steps: int = 50,
         nan_check: bool = True,
@@ -47,7 +47,7 @@ class OfflineRLModule(L.LightningModule):
     ):
         super().__init__()
         self.automatic_optimization = False
-        self.c4 = c4 if isinstance(c4, C4Config) else C4Config(**(c4 or {}))
+        self.c4 = c4 if isinstance(c4, C4) else C4(c4)
         if probe_size < 2:
             raise ValueError(f"model.probe_size={probe_size} must be >= 2")
         if log_every_n_steps < 1:
@@ -59,6 +59,7 @@ class OfflineRLModule(L.LightningModule):
         self.batches_done_in_epoch = 0
         self._built = False
         self._probe: dict[str, torch.Tensor] | None = None
+        self.probe_index: torch.Tensor | None = None
         self.cross_cov = CrossCovarianceMetric()
 
     # Plain Python state set in the hot path. Lightning sets ``_current_fx_name`` before and after every hook call
@@ -128,6 +129,7 @@ class OfflineRLModule(L.LightningModule):
         g = torch.Generator().manual_seed(12345)
         idx = torch.randperm(obs.shape[0], generator=g)[: self.hparams.probe_size].to(obs.device)
         self._probe = {"obs": obs[idx], "act": act[idx], "next_obs": next_obs[idx], "next_act": next_act[idx]}
+        self.probe_index = idx.cpu()  # rows of the dataset in the probe set (within-cluster diagnostics)
 
     # ------------------------------------------------------------------ acting
     def normalize(self, raw_obs: torch.Tensor) -> torch.Tensor:
@@ -163,37 +165,6 @@ class OfflineRLModule(L.LightningModule):
             raw = getattr(opt, "optimizer", opt)
             self.trainer.strategy.optimizer_step(raw, closure=_noop_closure, model=self)
 
-    def c4_active(self) -> bool:
-        return self.c4.enabled and self.c4.penalty_weight > 0
-
-    def c4_penalty(self, obs, act, next_obs, next_act, feats: torch.Tensor,
-                   next_feats: torch.Tensor | None = None) -> torch.Tensor:
-        """C4 penalty summed over the critic ensemble; ``feats`` are the online critic's features at (s, a),
-        ``next_feats`` the target critic's at (s', a') if already computed (see ``target_critic``).
-        The target side (s', a' = dataset next action) never receives gradients."""
-        if self.c4.penalty == "grad_cross_cov":
-            grad = input_gradients(self.critic, obs, act, create_graph=True)
-            grad_next = input_gradients(self.critic_target, next_obs, next_act, create_graph=False)
-            return grad_cross_cov_penalty(grad, grad_next, beta=self.c4.grad_beta, cap=self.c4.grad_cap).sum()
-        if next_feats is None:
-            with torch.no_grad():
-                _, next_feats = self.critic_target(next_obs, next_act, return_features=True)
-        fn = cross_cov_penalty if self.c4.penalty == "cross_cov" else feature_dot_penalty
-        return fn(feats, next_feats).sum()
-
-    @torch.no_grad()
-    def target_critic(self, next_obs: torch.Tensor, next_act: torch.Tensor,
-                      data_next_act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The target critic's Q at (s', ``next_act``) ``[E, B]`` for the backup and, when the C4 penalty needs
-        them, its features at the dataset's (s', ``data_next_act``) ``[E, B, H]`` from the same forward pass (one
-        batched product per layer for both instead of two); else ``None``."""
-        if not (self.c4_active() and self.c4.penalty != "grad_cross_cov"):
-            return self.critic_target(next_obs, next_act), None
-        b = next_obs.shape[0]
-        q, feats = self.critic_target(torch.cat([next_obs, next_obs]), torch.cat([next_act, data_next_act]),
-                                      return_features=True)
-        return q[:, :b], feats[:, b:]
-
     def check_finite(self, **losses: torch.Tensor) -> None:
         """Stop before a non-finite loss reaches the parameters: checkpoint the last good state, then raise."""
         if not self.hparams.nan_check:
@@ -212,14 +183,21 @@ class OfflineRLModule(L.LightningModule):
             + "lower the learning rates or penalty weight, or check the data for extreme values")
 
     def should_log(self) -> bool:
-        """True at the updates whose metrics reach the loggers. Under a Trainer that is every
-        ``trainer.log_every_n_steps`` updates: Lightning writes the latest ``self.log`` value at each of its logging
-        steps, so logging on another cadence would repeat stale values (or drop points). Without a Trainer (or with
-        its logging off) ``log_every_n_steps`` decides; the CLI links the two."""
+        """True at the updates whose metrics reach the loggers (asked after the update is counted). Under a Trainer
+        that is every ``trainer.log_every_n_steps`` updates: Lightning writes the latest ``self.log`` value at each
+        of its logging steps, so logging on another cadence would repeat stale values (or drop points). Without a
+        Trainer (or with its logging off) ``log_every_n_steps`` decides; the CLI links the two."""
+        return self._logs_at(self.n_updates)
+
+    def will_log(self) -> bool:
+        """:meth:`should_log` asked during an update, before it is counted: will this update's metrics be logged?"""
+        return self._logs_at(self.n_updates + 1)
+
+    def _logs_at(self, update: int) -> bool:
         every = self.hparams.log_every_n_steps
         if self._trainer is not None and getattr(self._trainer, "log_every_n_steps", 0):
             every = self._trainer.log_every_n_steps
-        return self.n_updates % every == 0
+        return update % every == 0
 
     # ------------------------------------------------------------------ training loop
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -247,16 +225,24 @@ class OfflineRLModule(L.LightningModule):
         self.batches_done_in_epoch = 0
 
     @torch.no_grad()
+    def probe_features(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """phi(s,a) of the online critic and phi_bar(s',a') of the target critic on the fixed probe set, float32
+        ``[E, P, H]`` each (dataset next actions)."""
+        # setup() runs before Lightning moves the module to its device: follow the module (no-op on CPU)
+        p = self._probe = {k: v.to(self.device, non_blocking=True) for k, v in self._probe.items()}
+        feats, next_feats = [], []
+        for start in range(0, p["obs"].shape[0], 1024):
+            sl = slice(start, start + 1024)
+            feats.append(self.critic(p["obs"][sl], p["act"][sl], return_features=True)[1].float())
+            next_feats.append(self.critic_target(p["next_obs"][sl], p["next_act"][sl], return_features=True)[1].float())
+        return torch.cat(feats, dim=1), torch.cat(next_feats, dim=1)
+
+    @torch.no_grad()
     def probe_cross_covariance(self) -> dict[str, torch.Tensor]:
         """Cross-covariance between phi(s,a) (online) and phi_bar(s',a') (target) on the fixed probe set."""
         self.cross_cov.reset()
-        # setup() runs before Lightning moves the module to its device: follow the module (no-op on CPU)
-        p = self._probe = {k: v.to(self.device, non_blocking=True) for k, v in self._probe.items()}
-        for start in range(0, p["obs"].shape[0], 1024):
-            sl = slice(start, start + 1024)
-            _, f = self.critic(p["obs"][sl], p["act"][sl], return_features=True)
-            _, f_next = self.critic_target(p["next_obs"][sl], p["next_act"][sl], return_features=True)
-            self.cross_cov.update(f.float(), f_next.float())
+        f, f_next = self.probe_features()
+        self.cross_cov.update(f, f_next)
         return self.cross_cov.compute()
 
     def on_train_epoch_end(self) -> None:
@@ -264,16 +250,13 @@ class OfflineRLModule(L.LightningModule):
             return
         stats = self.probe_cross_covariance()
         self.log("c4/cross_cov_fro", stats["fro"].float(), on_epoch=True, sync_dist=False)
+        self.log("c4/cross_corr_rms", stats["corr_rms"].float(), on_epoch=True, sync_dist=False)
         if "trace" in stats:
             self.log("c4/cross_cov_trace", stats["trace"].float(), on_epoch=True, sync_dist=False)
 
     # ------------------------------------------------------------------ callbacks and checkpoints
     def configure_callbacks(self):
-        if not self.c4.enabled:
-            return []
-        from c4_lightning.c4.callback import ClusterRefitCallback
-
-        return [ClusterRefitCallback(every_n_epochs=self.c4.refit_every_n_epochs)]
+        return self.c4.callbacks()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None

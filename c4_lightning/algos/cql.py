@@ -45,7 +45,8 @@ class CQL(OfflineRLModule):
     One training step updates alpha, the actor, the critics (and alpha' with ``cql_lagrange``) and the
     targets, and advances ``global_step`` by one. ``bc_steps`` first updates train the actor by behaviour
     cloning; ``bc_weight`` adds ``-bc_weight * log pi(a_data|s)`` to the actor loss throughout
-    (the paper authors' CQL variant).
+    (the paper authors' CQL variant). ``critic_layer_norm`` puts LayerNorm in every hidden layer of the critics
+    (the C4 authors' critics). ``configs/cql_c4_authors.yaml`` is the C4 authors' CQL.
     """
 
     def __init__(
@@ -74,6 +75,7 @@ class CQL(OfflineRLModule):
         orthogonal_init: bool = True,
         bc_steps: int = 0,
         bc_weight: float = 0.0,
+        critic_layer_norm: bool = False,
         c4: C4Config | None = None,
         probe_size: int = 2048,
         log_every_n_steps: int = 50,
@@ -94,7 +96,8 @@ class CQL(OfflineRLModule):
     def build_networks(self, obs_dim: int, act_dim: int) -> None:
         hp = self.hparams
         self.actor = TanhGaussianActor(obs_dim, act_dim, tuple(hp.hidden_dims), hp.max_action)
-        self.critic = CriticEnsemble(obs_dim, act_dim, tuple(hp.hidden_dims), ensemble_size=2)
+        self.critic = CriticEnsemble(obs_dim, act_dim, tuple(hp.hidden_dims), ensemble_size=2,
+                                     layer_norm=hp.critic_layer_norm)
         if hp.orthogonal_init:
             orthogonal_init_(self.actor)
             orthogonal_init_(self.critic)
@@ -163,7 +166,7 @@ class CQL(OfflineRLModule):
                 next_logp = logp_next.view(B, n).gather(1, arg.unsqueeze(-1)).squeeze(-1)
             else:
                 next_logp = backup_logp
-                target_qs, next_feats = self.target_critic(next_obs, a_backup, batch["next_actions"])
+                target_qs, next_feats = self.c4.target_q(self.critic_target, next_obs, a_backup, batch["next_actions"])
                 target_q = target_qs.min(dim=0).values
             if hp.backup_entropy:
                 target_q = target_q - alpha * next_logp
@@ -185,11 +188,7 @@ class CQL(OfflineRLModule):
             logs["alpha_prime"] = alpha_prime.detach()
         else:
             cql_loss = (hp.cql_alpha * gap).sum()
-        critic_loss = td_loss + cql_loss
-        if self.c4_active():
-            penalty = self.c4_penalty(obs, act, next_obs, batch["next_actions"], feats, next_feats)
-            critic_loss = critic_loss + self.c4.penalty_weight * penalty
-            logs["c4/penalty"] = penalty.detach()
+        critic_loss = td_loss + cql_loss + self.c4.penalty(self, batch, feats, next_feats, td_loss, logs)
         self.check_finite(critic_loss=critic_loss)
         self.step_optimizer(critic_opt, critic_loss, counted=True)
         soft_update_(self.critic_target, self.critic, hp.tau)

@@ -136,13 +136,36 @@ class TanhGaussianActor(nn.Module):
         return self(obs, deterministic=True)[0]
 
 
-class CriticEnsemble(nn.Module):
-    """``E`` Q-networks in one batched MLP. ``q(s, a) -> [E, B]``; optionally the penultimate features ``[E, B, H]``."""
+class VectorizedLayerNorm(nn.Module):
+    """``E`` independent LayerNorms over the last dim of ``[E', B, H]``, with per-member gain and bias."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (256, 256), ensemble_size: int = 2):
+    def __init__(self, features: int, ensemble_size: int, eps: float = 1e-5):
+        super().__init__()
+        self.features, self.eps = features, eps
+        self.weight = nn.Parameter(torch.ones(ensemble_size, 1, features))
+        self.bias = nn.Parameter(torch.zeros(ensemble_size, 1, features))
+
+    def forward(self, x: torch.Tensor, members: slice | None = None, detach_weights: bool = False) -> torch.Tensor:
+        w, b = self.weight, self.bias
+        if members is not None:
+            w, b = w[members], b[members]
+        if detach_weights:
+            w, b = w.detach(), b.detach()
+        return F.layer_norm(x, (self.features,), eps=self.eps) * w + b
+
+
+class CriticEnsemble(nn.Module):
+    """``E`` Q-networks in one batched MLP. ``q(s, a) -> [E, B]``; optionally the penultimate features ``[E, B, H]``.
+
+    ``layer_norm=True`` gives the C4 authors' critics: Linear -> LayerNorm -> ReLU in every hidden layer (LayerNorm
+    bounds the features C4 penalises and clusters, and stabilises TD learning on small data)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (256, 256), ensemble_size: int = 2,
+                 layer_norm: bool = False):
         super().__init__()
         dims = [obs_dim + act_dim, *hidden]
         self.hidden = nn.ModuleList(VectorizedLinear(i, o, ensemble_size) for i, o in zip(dims[:-1], dims[1:]))
+        self.norms = nn.ModuleList(VectorizedLayerNorm(o, ensemble_size) for o in dims[1:]) if layer_norm else None
         self.head = VectorizedLinear(dims[-1], 1, ensemble_size)
         self.ensemble_size = ensemble_size
         self.input_dim = obs_dim + act_dim
@@ -158,8 +181,11 @@ class CriticEnsemble(nn.Module):
         if x.dim() == 2:
             n = self.ensemble_size if members is None else len(range(self.ensemble_size)[members])
             x = x.unsqueeze(0).expand(n, -1, -1)
-        for layer in self.hidden:
-            x = F.relu(layer(x, members, detach_weights))
+        for i, layer in enumerate(self.hidden):
+            x = layer(x, members, detach_weights)
+            if self.norms is not None:
+                x = self.norms[i](x, members, detach_weights)
+            x = F.relu(x)
         # the 256 -> 1 head in float32 even under bf16/fp16 autocast: Q values (hundreds) and TD errors need
         # more than bf16's 8 bits of mantissa (a no-op in 32-true training)
         with torch.autocast(device_type=x.device.type, enabled=False):

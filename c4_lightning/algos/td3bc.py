@@ -16,6 +16,13 @@ class TD3BC(OfflineRLModule):
 
     Args:
         alpha: the BC trade-off; actor loss = -alpha / mean|Q| * Q(s, pi(s)) + (pi(s) - a)^2.
+        q_normalizer: how mean|Q| is estimated: ``batch`` (on each batch, TD3+BC's rule) or ``running`` (a
+            bias-corrected exponential average of the per-batch values across actor updates). Under C4's
+            single-cluster batches the per-batch value swings with the cluster drawn (random-data clusters have
+            small |Q|), and with it the actor's weight; ``running`` averages over clusters. Logged as
+            ``train/actor_weight`` (= alpha / mean|Q|).
+        q_normalizer_momentum: the running average's momentum (0.99: a time constant of ~100 actor updates).
+        critic_layer_norm: LayerNorm in every hidden layer of the critics (the C4 authors' critics).
         c4: the C4 option group (see ``C4Config``); ``c4.enabled=False`` is exactly TD3+BC.
     """
 
@@ -33,6 +40,9 @@ class TD3BC(OfflineRLModule):
         policy_noise: float = 0.2,
         noise_clip: float = 0.5,
         policy_delay: int = 2,
+        q_normalizer: str = "batch",
+        q_normalizer_momentum: float = 0.99,
+        critic_layer_norm: bool = False,
         c4: C4Config | None = None,
         probe_size: int = 2048,
         log_every_n_steps: int = 50,
@@ -45,13 +55,21 @@ class TD3BC(OfflineRLModule):
         check_hyperparameters(gamma, tau, actor_lr=actor_lr, critic_lr=critic_lr, alpha=alpha)
         if policy_delay < 1:
             raise ValueError(f"model.policy_delay={policy_delay} must be >= 1")
+        if q_normalizer not in ("batch", "running"):
+            raise ValueError(f"model.q_normalizer={q_normalizer!r} is unknown; use batch or running")
+        if not 0 <= q_normalizer_momentum < 1:
+            raise ValueError(f"model.q_normalizer_momentum={q_normalizer_momentum} must be in [0, 1)")
+        if q_normalizer == "running":  # only then: baseline checkpoints keep exactly TD3+BC's state
+            self.register_buffer("q_abs_average", torch.zeros(()))
+            self.register_buffer("q_abs_updates", torch.zeros(()))
         self.save_hyperparameters(ignore=["c4"])
         self.finish_init()
 
     def build_networks(self, obs_dim: int, act_dim: int) -> None:
         hp = self.hparams
         self.actor = DeterministicActor(obs_dim, act_dim, tuple(hp.hidden_dims), hp.max_action)
-        self.critic = CriticEnsemble(obs_dim, act_dim, tuple(hp.hidden_dims), ensemble_size=2)
+        self.critic = CriticEnsemble(obs_dim, act_dim, tuple(hp.hidden_dims), ensemble_size=2,
+                                     layer_norm=hp.critic_layer_norm)
         self.actor_target = self.make_target(self.actor)
         self.critic_target = self.make_target(self.critic)
 
@@ -68,17 +86,13 @@ class TD3BC(OfflineRLModule):
         with torch.no_grad():
             noise = (torch.randn_like(act) * hp.policy_noise).clamp(-hp.noise_clip, hp.noise_clip)
             next_act = (self.actor_target(next_obs) + noise).clamp(-hp.max_action, hp.max_action)
-            target_qs, next_feats = self.target_critic(next_obs, next_act, batch["next_actions"])
+            target_qs, next_feats = self.c4.target_q(self.critic_target, next_obs, next_act, batch["next_actions"])
             y = rew + hp.gamma * (1.0 - term) * target_qs.min(dim=0).values
 
         q, feats = self.critic(obs, act, return_features=True)
         td_loss = ((q - y) ** 2).mean(dim=1).sum()
-        critic_loss = td_loss
         logs = {"critic_loss": td_loss.detach(), "q_mean": q.detach().mean()}
-        if self.c4_active():
-            penalty = self.c4_penalty(obs, act, next_obs, batch["next_actions"], feats, next_feats)
-            critic_loss = critic_loss + self.c4.penalty_weight * penalty
-            logs["c4/penalty"] = penalty.detach()
+        critic_loss = td_loss + self.c4.penalty(self, batch, feats, next_feats, td_loss, logs)
         self.check_finite(critic_loss=critic_loss)
         self.step_optimizer(critic_opt, critic_loss, counted=True)
 
@@ -86,11 +100,21 @@ class TD3BC(OfflineRLModule):
             pi = self.actor(obs)
             # Q1 only (TD3), and no gradient for the critic's weights: the actor loss trains the actor alone
             q_pi = self.critic(obs, pi, members=slice(0, 1), detach_weights=True)[0]
-            lmbda = hp.alpha / q_pi.abs().mean().detach()
+            lmbda = hp.alpha / self.q_scale(q_pi.abs().mean().detach())
             actor_loss = -lmbda * q_pi.mean() + F.mse_loss(pi, act)
             self.check_finite(actor_loss=actor_loss)
             self.step_optimizer(actor_opt, actor_loss)
             soft_update_(self.critic_target, self.critic, hp.tau)
             soft_update_(self.actor_target, self.actor, hp.tau)
             logs["actor_loss"] = actor_loss.detach()
+            logs["actor_weight"] = lmbda
         return logs
+
+    def q_scale(self, batch_q_abs: torch.Tensor) -> torch.Tensor:
+        """mean|Q| for the actor's weight: this batch's (``q_normalizer="batch"``) or the running average."""
+        if self.hparams.q_normalizer == "batch":
+            return batch_q_abs
+        m = self.hparams.q_normalizer_momentum
+        self.q_abs_average.mul_(m).add_(batch_q_abs.to(self.q_abs_average.dtype), alpha=1 - m)
+        self.q_abs_updates.add_(1)
+        return self.q_abs_average / (1 - m ** self.q_abs_updates)

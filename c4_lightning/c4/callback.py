@@ -11,29 +11,11 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from c4_lightning.c4.clustering import (ClusterFitError, ClusterModel, _subsample_index, fit_partition, project_2d,
                                         raw_features)
-from c4_lightning.c4.features import CriticFeatureRows, clustering_features
+from c4_lightning.c4.features import CriticFeatureRows
+from c4_lightning.c4.metrics import within_cluster_summary
+from c4_lightning.c4.plugin import trajectory_tail_members  # noqa: F401  (re-exported: older imports)
 from c4_lightning.c4.plots import cluster_scatter_figure, figure_to_image
 from c4_lightning.reliability import check_cluster_sampling
-
-
-def trajectory_tail_members(labels: np.ndarray, episode_ids: np.ndarray, n_clusters: int) -> list[np.ndarray]:
-    """Authors' variant: cluster k also holds every later step of a trajectory after its first member in k.
-
-    Assumes the transitions of an episode are stored contiguously in step order (as the loaders write them).
-    """
-    members = []
-    n = len(labels)
-    starts = np.flatnonzero(np.r_[True, episode_ids[1:] != episode_ids[:-1]])
-    ends = np.r_[starts[1:], n]
-    for k in range(n_clusters):
-        mask = np.zeros(n, dtype=bool)
-        in_k = labels == k
-        for s, e in zip(starts, ends):
-            hit = np.flatnonzero(in_k[s:e])
-            if hit.size:
-                mask[s + hit[0]:e] = True
-        members.append(np.flatnonzero(mask))
-    return members
 
 
 def cluster_scatter_image(features, model: ClusterModel, labels: np.ndarray, sources: np.ndarray,
@@ -57,46 +39,49 @@ class ClusterRefitCallback(Callback):
     """Partitions the dataset for C4's single-cluster batches.
 
     Before the first step (when no partition was restored from a checkpoint) it clusters standardised raw
-    (s, a); then every ``every_n_epochs`` epochs it recomputes critic features ``[phi(s,a), phi_bar(s',a')]``,
-    refits the GMM on rank 0 (warm-started from the previous partition), broadcasts the labels to all
-    ranks and hands them to the sampler. A failed fit keeps the previous partition, warns and counts
-    ``c4/refit_failures``. Logs cluster sizes, refit seconds and a PCA scatter image of the clusters.
+    (s, a); then at the module's C4 refit cadence (``model.c4.refit_every_n_updates``, default every 1000 updates,
+    or ``refit_every_n_epochs``) it recomputes critic features ``[phi(s,a), phi_bar(s',a')]``, refits the GMM on
+    rank 0 (warm-started from the previous partition), broadcasts the labels to all ranks and hands them to the
+    sampler through the module's C4 plug-in. A refit on the update cadence happens at the start of the batch after
+    the N-th update; the next due step is part of the checkpoint, so a resumed run refits at the same updates. A
+    failed fit keeps the previous partition, warns and counts ``c4/refit_failures``. Logs cluster sizes, the
+    sampleable share of the data, refit seconds and a PCA scatter image of the clusters.
 
     The critic features are never held as one ``[N, 2H]`` matrix: the fit asks for the rows it needs
     (:meth:`feature_source`), and the scatter projects only the points it draws.
+
+    Args:
+        every_n_epochs / every_n_updates: override the module's cadence (at most one; default: the module's).
     """
 
     def __init__(self, every_n_epochs: int | None = None, log_scatter: bool = True, scatter_points: int = 5000,
-                 seed: int = 0):
-        if every_n_epochs is not None and every_n_epochs < 0:
-            raise ValueError(f"every_n_epochs={every_n_epochs} must be >= 0")
-        self.every_n_epochs = every_n_epochs
+                 seed: int = 0, every_n_updates: int | None = None):
+        for name, v in (("every_n_epochs", every_n_epochs), ("every_n_updates", every_n_updates)):
+            if v is not None and v < 0:
+                raise ValueError(f"{name}={v} must be >= 0")
+        if every_n_epochs is not None and every_n_updates is not None:
+            raise ValueError("set at most one of every_n_epochs and every_n_updates")
+        self.every_n_epochs, self.every_n_updates = every_n_epochs, every_n_updates
         self.log_scatter, self.scatter_points, self.seed = log_scatter, scatter_points, seed
         self.model: ClusterModel | None = None
         self.labels: np.ndarray | None = None
         self.refits = 0
         self.failures = 0
         self.last_seconds = 0.0
+        self.next_refit_at: int | None = None  # update cadence: the global step of the next refit
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
     def _cfg(pl_module):
-        return pl_module.c4
+        return pl_module.c4.config
 
-    def _interval(self, pl_module) -> int:
-        return self.every_n_epochs if self.every_n_epochs is not None else self._cfg(pl_module).refit_every_n_epochs
-
-    def compute_features(self, trainer, pl_module) -> np.ndarray:
-        """All ``N`` rows of the critic features ``[N, 2H]`` as one array (refits use :meth:`feature_source`)."""
-        obs, act, next_obs, next_act = trainer.datamodule.features_input()
-        was_training = pl_module.training
-        pl_module.eval()
-        try:
-            feats = clustering_features(pl_module.critic, pl_module.critic_target, obs, act, next_obs, next_act,
-                                        kind=self._cfg(pl_module).feature)
-        finally:
-            pl_module.train(was_training)
-        return feats.numpy() if isinstance(feats, torch.Tensor) else np.asarray(feats)
+    def cadence(self, pl_module) -> tuple[str, int]:
+        """``("updates" | "epochs", N)``: this callback's own setting, else the module's C4 config."""
+        if self.every_n_updates is not None:
+            return "updates", self.every_n_updates
+        if self.every_n_epochs is not None:
+            return "epochs", self.every_n_epochs
+        return self._cfg(pl_module).refit_cadence()
 
     def feature_source(self, trainer, pl_module) -> CriticFeatureRows:
         """The critic features as a row source: computed by the fit as it needs them (the subsample, then every
@@ -155,12 +140,7 @@ class ClusterRefitCallback(Callback):
         self._log(trainer, pl_module, image)
 
     def apply(self, trainer, pl_module) -> None:
-        dm = trainer.datamodule
-        if self._cfg(pl_module).extend_with_trajectory_tail:
-            episode_ids = dm.transitions.episode_ids.cpu().numpy()
-            dm.set_cluster_members(trajectory_tail_members(self.labels, episode_ids, self._cfg(pl_module).n_clusters))
-        else:
-            dm.set_cluster_labels(torch.as_tensor(self.labels))
+        pl_module.c4.hand_off(trainer.datamodule, self.labels)
 
     @staticmethod
     def _average_critics(pl_module) -> None:
@@ -175,6 +155,11 @@ class ClusterRefitCallback(Callback):
         metrics = {f"c4/cluster_size_{k}": float(s) for k, s in enumerate(sizes)}
         metrics.update({"c4/refit_seconds": self.last_seconds, "c4/refit_failures": float(self.failures),
                         "c4/refits": float(self.refits)})
+        sampler = getattr(trainer.datamodule, "sampler", None)
+        if sampler is not None and sampler.partitioned:  # share of the data in clusters big enough to be drawn
+            sizes = sampler.cluster_sizes.double()
+            active = sampler.active_clusters
+            metrics["c4/sampleable_share"] = float(sizes[active].sum() / sizes.sum()) if sizes.sum() > 0 else 0.0
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
         if image is None:
@@ -205,10 +190,34 @@ class ClusterRefitCallback(Callback):
         else:  # restored from a checkpoint: the datamodule restored the sampler; keep both in step
             self.apply(trainer, pl_module)
 
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        every = self._interval(pl_module)
-        if every and (trainer.current_epoch + 1) % every == 0:
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        kind, every = self.cadence(pl_module)
+        if kind != "updates" or not every:
+            return
+        if self.next_refit_at is None:
+            self.next_refit_at = every
+        if trainer.global_step >= self.next_refit_at:
             self.partition(trainer, pl_module, initial=False)
+            self.next_refit_at = (trainer.global_step // every + 1) * every
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        kind, every = self.cadence(pl_module)
+        if kind == "epochs" and every and (trainer.current_epoch + 1) % every == 0:
+            self.partition(trainer, pl_module, initial=False)
+        self.log_within_cluster(pl_module)
+
+    def log_within_cluster(self, pl_module) -> None:
+        """``c4/cross_cov_fro_within`` and ``c4/cross_corr_rms_within``: the probe set's cross-covariance inside the
+        clusters of the current partition (what one single-cluster batch sees), raw and scale-free."""
+        index = getattr(pl_module, "probe_index", None)
+        if self.labels is None or index is None:
+            return
+        with torch.no_grad():
+            feats, next_feats = pl_module.probe_features()
+            stats = within_cluster_summary(feats, next_feats, torch.as_tensor(self.labels)[index].to(feats.device))
+        if stats:
+            pl_module.log("c4/cross_cov_fro_within", stats["fro"].float(), on_epoch=True, sync_dist=False)
+            pl_module.log("c4/cross_corr_rms_within", stats["corr_rms"].float(), on_epoch=True, sync_dist=False)
 
     # ------------------------------------------------------------------ checkpoint state
     def state_dict(self) -> dict:  # tensors, not numpy arrays: checkpoints stay loadable with weights_only=True
@@ -216,7 +225,7 @@ class ClusterRefitCallback(Callback):
         if model is not None:
             model = {k: torch.from_numpy(np.array(v)) if isinstance(v, np.ndarray) else v for k, v in model.items()}
         return {"labels": torch.from_numpy(np.array(self.labels)) if self.labels is not None else None,
-                "model": model, "refits": self.refits, "failures": self.failures}
+                "model": model, "refits": self.refits, "failures": self.failures, "next_refit_at": self.next_refit_at}
 
     def load_state_dict(self, state_dict: dict) -> None:
         labels = state_dict.get("labels")
@@ -227,3 +236,5 @@ class ClusterRefitCallback(Callback):
         self.model = ClusterModel.from_state_dict(model) if model is not None else None
         self.refits = int(state_dict.get("refits", 0))
         self.failures = int(state_dict.get("failures", 0))
+        nxt = state_dict.get("next_refit_at")
+        self.next_refit_at = None if nxt is None else int(nxt)

@@ -4,8 +4,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-PenaltyName = Literal["cross_cov", "feature_dot", "grad_cross_cov"]
+from c4_lightning.c4.penalty import validate_penalty_name
+
 FeatureName = Literal["penultimate", "gradient"]
+
+DEFAULT_REFIT_EVERY_N_UPDATES = 1000
+"""Refit cadence when neither ``refit_every_n_updates`` nor ``refit_every_n_epochs`` is set (the authors refit
+every 200 updates; 1000 keeps a refit at 10k transitions near 3% of training time, see BENCHMARKS.md)."""
 
 
 @dataclass
@@ -14,27 +19,33 @@ class C4Config:
 
     Attributes:
         enabled: turn C4 (single-cluster batches + penalty) on.
-        penalty: ``cross_cov`` (||Cov_B(phi_bar', phi)||_F^2, default), ``feature_dot`` (the authors'
-            released default, DR3-like) or ``grad_cross_cov`` (input-gradient cross-covariance, double backprop).
+        penalty: a name registered in ``c4_lightning.c4.penalty.PENALTIES``: ``cross_cov`` (feature
+            cross-covariance, not reparametrisation-invariant), ``weighted_cross_cov`` (normalised cross-covariance of
+            head-weighted features, invariant), ``feature_dot`` (the authors' released default, DR3-like) or
+            ``grad_cross_cov`` (the paper's input-gradient form, invariant, double backprop).
         penalty_weight: the paper's lambda; 0 keeps the clustered sampling without the penalty.
         n_clusters: GMM components K.
-        refit_every_n_epochs: refit the partition every N epochs (0 = never refit after the first partition).
+        refit_every_n_updates: refit the partition every N gradient updates (0 = never refit after the first
+            partition). ``None`` with ``refit_every_n_epochs`` also ``None``: every 1000 updates.
+        refit_every_n_epochs: the older epoch cadence (refit at the end of every N-th epoch; 0 = never). Set at most
+            one of the two.
         pca_dim: dimensions kept by the projection before the GMM.
         fit_subsample: at most this many transitions fit the GMM (all are predicted).
         feature: clustering features, ``penultimate`` critic features or input ``gradient`` features.
         grad_beta: weight of tr(C)^2 in ``grad_cross_cov``.
-        grad_cap: cap m in ``m * tanh(x / m)`` of ``grad_cross_cov``.
-        extend_with_trajectory_tail: authors' behaviour: a cluster also holds the rest of each trajectory after
-            its first member (clusters then overlap).
+        grad_cap: cap m in ``m * tanh(x / m)`` of ``grad_cross_cov`` (the raw value is logged; a warning when above).
+        extend_with_trajectory_tail: authors' behaviour: a cluster also holds every step of a trajectory after its
+            last member step (clusters then overlap).
         average_critics_at_refit: authors' behaviour: at each refit both online critics are set to their average.
         min_cluster_size: clusters smaller than this are not sampled (default ``max(batch, N // max(K, 10))``).
     """
 
     enabled: bool = False
-    penalty: PenaltyName = "cross_cov"
+    penalty: str = "cross_cov"
     penalty_weight: float = 0.1
     n_clusters: int = 3
-    refit_every_n_epochs: int = 10
+    refit_every_n_updates: int | None = None
+    refit_every_n_epochs: int | None = None
     pca_dim: int = 32
     fit_subsample: int = 50_000
     feature: FeatureName = "penultimate"
@@ -45,12 +56,17 @@ class C4Config:
     min_cluster_size: int | None = None
 
     def __post_init__(self) -> None:
+        validate_penalty_name(self.penalty)
         checks = [
-            (self.penalty in ("cross_cov", "feature_dot", "grad_cross_cov"),
-             f"model.c4.penalty={self.penalty!r} is unknown; use cross_cov, feature_dot or grad_cross_cov"),
             (self.penalty_weight >= 0, f"model.c4.penalty_weight={self.penalty_weight} must be >= 0"),
             (self.n_clusters >= 1, f"model.c4.n_clusters={self.n_clusters} must be >= 1"),
-            (self.refit_every_n_epochs >= 0, f"model.c4.refit_every_n_epochs={self.refit_every_n_epochs} must be >= 0"),
+            (self.refit_every_n_updates is None or self.refit_every_n_updates >= 0,
+             f"model.c4.refit_every_n_updates={self.refit_every_n_updates} must be >= 0"),
+            (self.refit_every_n_epochs is None or self.refit_every_n_epochs >= 0,
+             f"model.c4.refit_every_n_epochs={self.refit_every_n_epochs} must be >= 0"),
+            (self.refit_every_n_updates is None or self.refit_every_n_epochs is None,
+             f"model.c4.refit_every_n_updates={self.refit_every_n_updates} and model.c4.refit_every_n_epochs="
+             f"{self.refit_every_n_epochs} are both set; keep one (set the other to null)"),
             (self.pca_dim >= 1, f"model.c4.pca_dim={self.pca_dim} must be >= 1"),
             (self.fit_subsample >= self.n_clusters,
              f"model.c4.fit_subsample={self.fit_subsample} must be >= n_clusters={self.n_clusters}"),
@@ -64,6 +80,14 @@ class C4Config:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+    def refit_cadence(self) -> tuple[str, int]:
+        """``("updates", N)`` or ``("epochs", N)``; ``N == 0`` means the first partition is kept."""
+        if self.refit_every_n_epochs is not None:
+            return "epochs", int(self.refit_every_n_epochs)
+        if self.refit_every_n_updates is not None:
+            return "updates", int(self.refit_every_n_updates)
+        return "updates", DEFAULT_REFIT_EVERY_N_UPDATES
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -8,7 +8,41 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric
 
-__all__ = ["CrossCovarianceMetric", "cross_covariance_from_stats"]
+__all__ = ["CrossCovarianceMetric", "cross_covariance_from_stats", "correlation_rms", "within_cluster_summary"]
+
+
+def correlation_rms(c: torch.Tensor, sd_y: torch.Tensor, sd_x: torch.Tensor) -> torch.Tensor:
+    """Scale-free size of a cross-covariance ``C [..., Dy, Dx]``: the root-mean-square of the cross-correlations
+    ``C_ij / (sd_y_i sd_x_j)``, in ``[0, 1]``. Units with zero spread (dead ReLUs) count as uncorrelated. Unchanged
+    when the critic rescales its features (the raw ``||C||_F`` is not)."""
+    denom = sd_y.unsqueeze(-1) * sd_x.unsqueeze(-2)
+    corr = torch.where(denom > 0, c / denom.clamp_min(torch.finfo(c.dtype).tiny), torch.zeros_like(c))
+    return corr.square().mean(dim=(-2, -1)).sqrt()
+
+
+def within_cluster_summary(phi: torch.Tensor, phi_next: torch.Tensor, labels: torch.Tensor,
+                           min_rows: int = 8) -> dict[str, torch.Tensor]:
+    """The cross-covariance inside each cluster of a probe set (what a single-cluster batch sees), averaged over
+    clusters weighted by their probe rows: ``{"fro": ..., "corr_rms": ...}`` (per-member values averaged over the
+    ensemble). ``phi``/``phi_next`` are ``[E, P, D]``, ``labels`` ``[P]``; clusters with fewer than ``min_rows`` probe
+    rows are left out. Empty dict when no cluster has enough rows."""
+    phi, phi_next = phi.double(), phi_next.double()
+    total, fro, corr = 0, 0.0, 0.0
+    for k in torch.unique(labels):
+        rows = labels == k
+        n = int(rows.sum())
+        if n < min_rows:
+            continue
+        x, y = phi[:, rows], phi_next[:, rows]
+        xc, yc = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
+        c = yc.transpose(-1, -2) @ xc / (n - 1)
+        sd_x, sd_y = xc.square().sum(1).div(n - 1).sqrt(), yc.square().sum(1).div(n - 1).sqrt()
+        fro = fro + n * torch.linalg.matrix_norm(c, ord="fro").mean()
+        corr = corr + n * correlation_rms(c, sd_y, sd_x).mean()
+        total += n
+    if total == 0:
+        return {}
+    return {"fro": fro / total, "corr_rms": corr / total}
 
 
 def cross_covariance_from_stats(n: torch.Tensor, sum_x: torch.Tensor, sum_y: torch.Tensor,
@@ -27,9 +61,10 @@ class CrossCovarianceMetric(Metric):
     (count, sums of x and y, sum of ``y x^T``, per member) are float64 states reduced by ``sum``, so the result over
     several batches and several DDP ranks equals the covariance of all rows at once (``ddof = 1``).
 
-    ``compute()`` returns ``{"fro": mean_e ||C_e||_F, "trace": mean_e tr(C_e)}``: one covariance per ensemble member,
-    averaged over members (not the covariance of averaged features). ``"trace"`` is present only when
-    ``Dx == Dy``. Float64 states need a device that supports float64 (CPU, CUDA).
+    ``compute()`` returns ``{"fro": mean_e ||C_e||_F, "corr_rms": mean_e RMS correlation, "trace": mean_e tr(C_e)}``:
+    one covariance per ensemble member, averaged over members (not the covariance of averaged features).
+    ``"corr_rms"`` (:func:`correlation_rms`) is the scale-free size: a critic that shrinks its features lowers
+    ``"fro"`` but not ``"corr_rms"``. ``"trace"`` is present only when ``Dx == Dy``. Float64 states need a device that supports float64 (CPU, CUDA).
 
     Args:
         feature_dim: ``Dx``, the width of ``phi``; None (default) takes it from the first ``update``.
@@ -64,6 +99,8 @@ class CrossCovarianceMetric(Metric):
         self.add_state("sum_x", default=torch.zeros(e, dx, dtype=f64), dist_reduce_fx="sum")
         self.add_state("sum_y", default=torch.zeros(e, dy, dtype=f64), dist_reduce_fx="sum")
         self.add_state("sum_yx", default=torch.zeros(e, dy, dx, dtype=f64), dist_reduce_fx="sum")
+        self.add_state("sum_xx", default=torch.zeros(e, dx, dtype=f64), dist_reduce_fx="sum")  # for the std devs
+        self.add_state("sum_yy", default=torch.zeros(e, dy, dtype=f64), dist_reduce_fx="sum")
 
     @staticmethod
     def _as_3d(t: torch.Tensor, name: str) -> torch.Tensor:
@@ -90,6 +127,8 @@ class CrossCovarianceMetric(Metric):
             self.sum_x = torch.zeros(e, dx, dtype=torch.float64, device=self.sum_x.device)
             self.sum_y = torch.zeros(e, dy, dtype=torch.float64, device=self.sum_y.device)
             self.sum_yx = torch.zeros(e, dy, dx, dtype=torch.float64, device=self.sum_yx.device)
+            self.sum_xx = torch.zeros(e, dx, dtype=torch.float64, device=self.sum_xx.device)
+            self.sum_yy = torch.zeros(e, dy, dtype=torch.float64, device=self.sum_yy.device)
         elif self.sum_yx.shape != (e, dy, dx):
             raise ValueError(f"phi/phi_next of shapes {tuple(phi.shape)}/{tuple(phi_next.shape)} do not match the "
                              f"earlier updates (E, Dy, Dx) = {tuple(self.sum_yx.shape)}; call reset() to change shapes")
@@ -97,6 +136,8 @@ class CrossCovarianceMetric(Metric):
         self.sum_x += x.sum(dim=1)
         self.sum_y += y.sum(dim=1)
         self.sum_yx += y.transpose(-1, -2) @ x
+        self.sum_xx += x.square().sum(dim=1)
+        self.sum_yy += y.square().sum(dim=1)
 
     def covariance(self) -> torch.Tensor:
         """The per-member cross-covariance ``[E, Dy, Dx]`` from this process's states (call ``compute()`` for the
@@ -108,7 +149,10 @@ class CrossCovarianceMetric(Metric):
 
     def compute(self) -> dict[str, torch.Tensor]:
         c = self.covariance()
-        out = {"fro": torch.linalg.matrix_norm(c, ord="fro").mean()}
+        n = self.n
+        sd_x = ((self.sum_xx - self.sum_x.square() / n) / (n - 1)).clamp_min(0).sqrt()
+        sd_y = ((self.sum_yy - self.sum_y.square() / n) / (n - 1)).clamp_min(0).sqrt()
+        out = {"fro": torch.linalg.matrix_norm(c, ord="fro").mean(), "corr_rms": correlation_rms(c, sd_y, sd_x).mean()}
         if c.shape[-1] == c.shape[-2]:
             out["trace"] = torch.diagonal(c, dim1=-2, dim2=-1).sum(-1).mean()
         return out

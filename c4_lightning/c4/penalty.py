@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -28,7 +29,11 @@ __all__ = [
     "cross_cov_penalty",
     "feature_dot_penalty",
     "grad_cross_cov_penalty",
+    "grad_cross_cov_raw",
+    "weighted_cross_cov_penalty",
+    "PenaltySpec",
     "PENALTIES",
+    "register_penalty",
     "penalty_value",
     "validate_penalty_name",
 ]
@@ -100,7 +105,12 @@ class _CrossCovSquaredNorm(torch.autograd.Function):
 
 
 def cross_cov_penalty(phi: torch.Tensor, phi_next: torch.Tensor) -> torch.Tensor:
-    """C4's default penalty ``||Cov_B(phi_next.detach(), phi)||_F^2``.
+    """``||Cov_B(phi_next.detach(), phi)||_F^2`` on penultimate features (the package's default until 2026-12).
+
+    Scale: grows with the squared feature scale. **Not invariant** to how the critic is parametrised: ReLU is
+    positively homogeneous, so scaling the last hidden layer by ``c`` and the head by ``1/c`` leaves Q unchanged but
+    multiplies this penalty by ``c^2`` (``c^4`` once the target follows) -- the critic can lower it by shrinking its
+    features instead of decorrelating them. Kept unchanged so experiments can compare it with the invariant forms.
 
     Args:
         phi: online-critic features at ``(s, a)``, ``[..., B, H]`` (receives gradients).
@@ -119,9 +129,12 @@ def cross_cov_penalty(phi: torch.Tensor, phi_next: torch.Tensor) -> torch.Tensor
 
 
 def feature_dot_penalty(phi: torch.Tensor, phi_next: torch.Tensor) -> torch.Tensor:
-    """``mean_B <phi, phi_next.detach()>``: the C4 authors' released default (the DR3 regulariser).
+    """``mean_B <phi, phi_next.detach()>``: the C4 authors' released default (the DR3 regulariser; the authors run it
+    with weight 0.3 on LayerNorm features).
 
     Not a covariance, so it is defined for any ``B >= 1``; ``phi`` and ``phi_next`` must have the same width.
+    Scale: the product of the feature scales. **Not invariant** to the rescaling of the last hidden layer
+    (``c^2``, like ``cross_cov``); LayerNorm critics bound the features it acts on, which limits that way out.
 
     Returns:
         ``[...]``: batch mean of the per-row dot products.
@@ -139,8 +152,13 @@ def feature_dot_penalty(phi: torch.Tensor, phi_next: torch.Tensor) -> torch.Tens
 def grad_cross_cov_penalty(
     grad: torch.Tensor, grad_next: torch.Tensor, beta: float = 1.0, cap: float = 100.0
 ) -> torch.Tensor:
-    """Gradient-feature variant: ``cap * tanh((||C||_F^2 + beta * tr(C)^2) / cap)`` with
-    ``C = Cov_B(grad_next.detach(), grad)``.
+    """The paper's form on input gradients: ``cap * tanh((||C||_F^2 + beta * tr(C)^2) / cap)`` with
+    ``C = Cov_B(grad_next.detach(), grad)``, ``grad = dQ/d(s, a)``, ``grad_next = dQ_target/d(s', a')``.
+
+    **Invariant** to the rescaling of the last hidden layer (input gradients do not change when Q does not).
+    Scale: the squared scale of dQ/d(s,a), i.e. of Q per unit of (normalised) input. The cap bounds the value
+    smoothly; above it the gradient fades (``sech^2``), so the C4 plug-in logs the raw value
+    (:func:`grad_cross_cov_raw`, ``c4/penalty_raw``) and warns once when it exceeds the cap.
 
     Args:
         grad: ``dQ/d(s, a)`` of the online critic, ``[..., B, D]`` with ``D = obs_dim + act_dim``; make it with
@@ -164,23 +182,95 @@ def grad_cross_cov_penalty(
             f"grad_cross_cov needs a square covariance: grad has width {grad.shape[-1]} and grad_next "
             f"{grad_next.shape[-1]}; both must be gradients w.r.t. (s, a) of the same dimension"
         )
+    return cap * torch.tanh(grad_cross_cov_raw(grad, grad_next, beta) / cap)
+
+
+def grad_cross_cov_raw(grad: torch.Tensor, grad_next: torch.Tensor, beta: float = 1.0, cap: float = 100.0) -> torch.Tensor:
+    """``||C||_F^2 + beta * tr(C)^2`` before the cap (``cap`` is accepted and ignored, so the same options apply)."""
     c = cross_covariance(grad, grad_next.detach())
-    raw = c.square().sum(dim=(-2, -1)) + beta * torch.diagonal(c, dim1=-2, dim2=-1).sum(-1).square()
-    return cap * torch.tanh(raw / cap)
+    return c.square().sum(dim=(-2, -1)) + beta * torch.diagonal(c, dim1=-2, dim2=-1).sum(-1).square()
 
 
-PENALTIES: dict[str, Callable[..., torch.Tensor]] = {
-    "cross_cov": cross_cov_penalty,
-    "feature_dot": feature_dot_penalty,
-    "grad_cross_cov": grad_cross_cov_penalty,
+def weighted_cross_cov_penalty(psi: torch.Tensor, psi_next: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Normalised cross-covariance of the head-weighted features ``psi = w * phi`` (per unit ``j``:
+    ``psi_j = w_j phi_j``, so ``sum_j psi_j = Q - b``):
+
+        ``||Cov_B(psi_next, psi)||_F^2 / (tr Cov_B(psi_next) * tr Cov_B(psi) + eps)``, denominator detached.
+
+    ``psi_next`` (the target critic's, at ``(s', a')``) is detached. The entries of ``Cov_B(psi_next, psi)`` are the
+    covariances between the units' contributions to ``Q_target(s', a')`` and to ``Q(s, a)``; they sum to
+    ``Cov_B(Q_target(s', a'), Q(s, a))``.
+
+    **Invariant** to any positive per-unit rescaling of the last hidden layer (``phi_j -> c_j phi_j``,
+    ``w_j -> w_j / c_j`` leaves every ``psi_j``, hence Q and this value, unchanged), and to the scale of Q itself
+    (rewards): by Cauchy-Schwarz the value lies in ``[0, 1]``. The detached denominator only sets the scale: the
+    gradient is that of the numerator, so the critic lowers the penalty by decorrelating (or by flattening Q within
+    the batch, which the TD loss resists), never by reparametrising. Cost: one ``[H, B] x [B, H]`` product per
+    member, as ``cross_cov``.
+
+    Shapes ``[..., B, H]`` -> ``[...]``.
+    """
+    _check_pair(psi, psi_next, "psi", "psi_next", min_batch=2)
+    psi, psi_next = _as_float(psi), _as_float(psi_next.detach())
+    with torch.autocast(device_type=psi.device.type, enabled=False):
+        b = psi.shape[-2]
+        xc = psi_next - psi_next.mean(dim=-2, keepdim=True)
+        num = _CrossCovSquaredNorm.apply(psi, xc, 1.0 / (b - 1) ** 2)
+        with torch.no_grad():
+            var_next = xc.square().sum(dim=(-2, -1)) / (b - 1)
+            var = (psi - psi.mean(dim=-2, keepdim=True)).square().sum(dim=(-2, -1)) / (b - 1)
+        return num / (var_next * var + eps)
+
+
+@dataclass(frozen=True)
+class PenaltySpec:
+    """A registered penalty: ``fn(online, target, **options) -> [...]`` and what it is computed on.
+
+    ``inputs``: ``"features"`` (penultimate features ``phi(s,a)`` and the target's ``phi_bar(s',a')``),
+    ``"head_weighted"`` (the same features times each critic's head weights, ``w * phi``), or
+    ``"input_gradients"`` (``dQ/d(s,a)`` with a graph for double backprop, and the target's ``dQ/d(s',a')``).
+    ``options``: penalty keyword -> ``C4Config`` field that supplies it. ``raw``: the uncapped value, for a penalty
+    with a cap (logged as ``c4/penalty_raw``; a warning when above ``cap``). ``invariant``: unchanged when the
+    critic rescales its last hidden layer without changing Q (tested with ``pytest -k invariance``)."""
+
+    fn: Callable[..., torch.Tensor]
+    inputs: str = "features"
+    options: dict = field(default_factory=dict)
+    raw: Callable[..., torch.Tensor] | None = None
+    invariant: bool = False
+
+    def __post_init__(self) -> None:
+        if self.inputs not in INPUT_KINDS:
+            raise ValueError(f"penalty inputs {self.inputs!r} is unknown; use one of {INPUT_KINDS}")
+
+
+INPUT_KINDS = ("features", "head_weighted", "input_gradients")
+
+PENALTIES: dict[str, PenaltySpec] = {
+    "cross_cov": PenaltySpec(cross_cov_penalty, "features"),
+    "feature_dot": PenaltySpec(feature_dot_penalty, "features"),
+    "weighted_cross_cov": PenaltySpec(weighted_cross_cov_penalty, "head_weighted", invariant=True),
+    "grad_cross_cov": PenaltySpec(grad_cross_cov_penalty, "input_gradients",
+                                  {"beta": "grad_beta", "cap": "grad_cap"}, raw=grad_cross_cov_raw, invariant=True),
 }
-"""Name -> penalty function ``f(online, target, **options) -> [...]``."""
+"""The one registry: name -> :class:`PenaltySpec`. ``model.c4.penalty`` accepts exactly these names."""
+
+
+def register_penalty(name: str, fn: Callable[..., torch.Tensor], inputs: str = "features",
+                     options: dict | None = None, raw: Callable[..., torch.Tensor] | None = None,
+                     invariant: bool = False) -> PenaltySpec:
+    """Add a penalty to the registry (a new penalty = one function + this call); returns its spec."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"penalty name must be an identifier, got {name!r}")
+    spec = PenaltySpec(fn, inputs, dict(options or {}), raw, invariant)
+    PENALTIES[name] = spec
+    return spec
 
 
 def validate_penalty_name(name: str) -> str:
     """Return ``name`` if it is a registered penalty, else raise ``ValueError`` listing the valid names."""
     if not isinstance(name, str) or name not in PENALTIES:
-        raise ValueError(f"penalty must be one of {sorted(PENALTIES)}, got {name!r}")
+        raise ValueError(f"model.c4.penalty={name!r} is unknown; registered penalties: {', '.join(sorted(PENALTIES))}")
     return name
 
 
@@ -194,7 +284,7 @@ def penalty_value(name: str, online: torch.Tensor, target: torch.Tensor, **optio
     ``options`` go to the penalty (``beta``, ``cap`` for ``grad_cross_cov``); an option the penalty does not take
     raises ``ValueError`` naming the ones it does.
     """
-    fn = PENALTIES[validate_penalty_name(name)]
+    fn = PENALTIES[validate_penalty_name(name)].fn
     allowed = _options(fn)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
