@@ -19,10 +19,11 @@ STEPS = 5
 CALLBACKS = json.dumps([{"class_path": "c4_lightning.evaluation.EvalCallback", "init_args": {"episodes": 1}}])
 
 
-def run(root: Path, epochs: int, ckpt: Path | None = None) -> C4LightningCLI:
+def run(root: Path, epochs: int, ckpt: Path | None = None,
+        cadence: tuple[str, str] = ("--model.c4.refit_every_n_epochs", "1")) -> C4LightningCLI:
     args = ["fit", "--config", str(CONFIG), "--model.init_args.hidden_dims", "[16,16]", "--data.batch_size", "32",
             "--data.steps_per_epoch", str(STEPS), "--trainer.max_epochs", str(epochs),
-            "--model.c4.refit_every_n_epochs", "1", "--model.c4.pca_dim", "4", "--model.c4.fit_subsample", "3000",
+            *cadence, "--model.c4.pca_dim", "4", "--model.c4.fit_subsample", "3000",
             "--model.probe_size", "256", "--trainer.log_every_n_steps", "1", "--trainer.callbacks", CALLBACKS,
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
             "--trainer.default_root_dir", str(root)]
@@ -133,3 +134,18 @@ def test_resume_is_sensitive_to_the_saved_rng_state(runs, tmp_path):
     assert other["global_step"] == runs["full"]["global_step"]
     differs = [k for k, v in runs["full"]["state_dict"].items() if not torch.equal(v, other["state_dict"][k])]
     assert any(k.startswith("critic.") for k in differs)
+
+
+def test_resume_is_exact_with_refits_on_the_update_cadence(tmp_path):
+    """Refits every 3 updates (mid-epoch, at updates 3, 6, 9, ...): the checkpoint after epoch 2 (10 updates) holds
+    the next due refit, so the resumed run refits at the same updates as the uninterrupted one."""
+    cadence = ("--model.c4.refit_every_n_updates", "3")
+    full = load(last_ckpt(run(tmp_path / "full", 4, cadence=cadence)))
+    half_path = last_ckpt(run(tmp_path / "half", 2, cadence=cadence))
+    assert callback_state(load(half_path), "ClusterRefitCallback")["next_refit_at"] == 12
+    resumed = load(last_ckpt(run(tmp_path / "resumed", 4, half_path, cadence=cadence)))
+    refit_full, refit_resumed = callback_state(full, "ClusterRefitCallback"), callback_state(resumed, "ClusterRefitCallback")
+    assert refit_full["refits"] == refit_resumed["refits"] == 7  # initial + updates 3, 6, 9, 12, 15, 18
+    assert_same(refit_full, refit_resumed, "ClusterRefitCallback")
+    assert_same(full["state_dict"], resumed["state_dict"], "state_dict")
+    assert_same(full["OfflineRLDataModule"], resumed["OfflineRLDataModule"], "sampler")
