@@ -161,7 +161,8 @@ def make_module(algo: str, c4: bool | str, refit_every_n_epochs: int = 0, **mode
     """Our LightningModule with the package defaults; C4 (lambda 0.1, K 3) off (``False``), on with the default
     ``cross_cov`` penalty (``True``) or on with the penalty named by ``c4``.
 
-    ``refit_every_n_epochs=0``: the timed fits never refit (refits are timed and amortised separately)."""
+    ``refit_every_n_epochs=0``: the timed fits never refit (refits are timed and amortised separately).
+    ``model_kwargs`` go to the module (e.g. ``compile=True``)."""
     from c4_lightning.algos import CQL, TD3BC
     from c4_lightning.c4.config import C4Config
 
@@ -171,12 +172,12 @@ def make_module(algo: str, c4: bool | str, refit_every_n_epochs: int = 0, **mode
                **model_kwargs)
 
 
-def make_trainer(mode: str, max_steps: int, callbacks: list, root: str, device: str):
+def make_trainer(mode: str, max_steps: int, callbacks: list, root: str, device: str, precision: str = "32-true"):
     import lightning as L
 
     accelerator = "gpu" if device.startswith("cuda") else "cpu"
     common = dict(accelerator=accelerator, devices=1, max_steps=max_steps, max_epochs=-1, num_sanity_val_steps=0,
-                  limit_val_batches=0, default_root_dir=root)
+                  limit_val_batches=0, default_root_dir=root, precision=precision)
     if mode == "lean":
         return L.Trainer(logger=False, enable_progress_bar=False, enable_checkpointing=False,
                          enable_model_summary=False, callbacks=callbacks, **common)
@@ -193,7 +194,8 @@ def make_trainer(mode: str, max_steps: int, callbacks: list, root: str, device: 
 
 
 def time_lightning(algo: str, c4: bool | str, dm_factory: Callable, warmup: int, steps: int, threads: int,
-                   mode: str = "lean", device: str = "cpu", seed: int = 0, return_model: bool = False) -> dict:
+                   mode: str = "lean", device: str = "cpu", seed: int = 0, return_model: bool = False,
+                   precision: str = "32-true", **model_kwargs) -> dict:
     """One fit of ``warmup + steps`` updates through the real Trainer; returns updates/s of the timed part
     (and, with ``return_model``, the trained module, its datamodule and the C4 partition labels, if any)."""
     import lightning as L
@@ -201,10 +203,10 @@ def time_lightning(algo: str, c4: bool | str, dm_factory: Callable, warmup: int,
     L.seed_everything(seed, verbose=False)
     torch.set_num_threads(threads)
     dm = dm_factory()
-    model = make_module(algo, c4)
+    model = make_module(algo, c4, **model_kwargs)
     timer = StepTimer(threads, device)
     with tempfile.TemporaryDirectory(prefix="c4bench_") as root:
-        trainer = make_trainer(mode, warmup + steps, [timer.callback], root, device)
+        trainer = make_trainer(mode, warmup + steps, [timer.callback], root, device, precision)
         sink = io.StringIO()
         with contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink):  # progress bar, summaries
             trainer.fit(model, datamodule=dm)
@@ -232,9 +234,11 @@ def plain_batches(packed: torch.Tensor, layout: dict, batch_size: int, seed: int
 
 
 def time_plain(algo: str, dm, warmup: int, steps: int, threads: int, device: str = "cpu", seed: int = 0,
-               adam_kwargs: dict | None = None) -> dict:
+               adam_kwargs: dict | None = None, precision: str = "32-true") -> dict:
     """The plain PyTorch reference loop (benchmarks/plain_loop.py), same networks, batch 256, same packed data;
-    ``adam_kwargs`` go to its ``torch.optim.Adam`` (default: PyTorch's default, the for-loop Adam on a CPU)."""
+    ``adam_kwargs`` go to its ``torch.optim.Adam`` (default: PyTorch's default, the for-loop Adam on a CPU).
+    ``precision="bf16-mixed"`` runs each update under ``torch.autocast(dtype=bfloat16)`` (what a user adds to a
+    plain loop), ``"16-mixed"`` under float16 autocast (CUDA; no gradient scaler: a speed reference only)."""
     from plain_loop import PlainCQL, PlainTD3BC
 
     torch.manual_seed(seed)
@@ -249,12 +253,16 @@ def time_plain(algo: str, dm, warmup: int, steps: int, threads: int, device: str
                 getattr(agent, name).data = getattr(agent, name).data.to(device)
     packed = dm.packed.to(device)
     batches = plain_batches(packed, dm.layout, BATCH_SIZE, seed)
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    amp = (lambda: torch.autocast(device.split(":")[0], dtype=dtype)) if dtype else contextlib.nullcontext
     for _ in range(warmup):
-        agent.update(*next(batches))
+        with amp():
+            agent.update(*next(batches))
     sync(device)
     t0 = now()
     for _ in range(steps):
-        agent.update(*next(batches))
+        with amp():
+            agent.update(*next(batches))
     sync(device)
     return {"ups": steps / (now() - t0), "steps": steps, "warmup": warmup}
 

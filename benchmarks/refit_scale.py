@@ -4,7 +4,7 @@
     python benchmarks/refit_scale.py --quick               # 10k real + 20k/50k synthetic, short rate measurement
     python benchmarks/refit_scale.py --sizes 10000,1000000 --ups 60 --json benchmarks/results/refit_scale.json
 
-One refit is what ``ClusterRefitCallback`` does every ``refit_every_n_epochs`` epochs, timed phase by phase:
+One refit is what ``ClusterRefitCallback`` does at the C4 refit cadence, timed phase by phase:
 critic features ``[phi(s,a), phi_bar(s',a')]`` on all N transitions (online + target critic, no grad, chunked),
 then ``fit_partition``: standardise + PCA(32) + GMM(K=3, full covariance) on at most ``fit_subsample`` (50k)
 rows, warm-started from the previous partition (its clusters' statistics on the fit subsample), and the
@@ -19,7 +19,7 @@ Data: the size equal to the embedded ``--real-dataset`` (10k transitions) uses i
 critic (2x256; ``--algo cql`` for 3x256): the cost does not depend on its weights, only the GMM's EM iteration
 count does (reported).
 
-Training time between refits = ``refit_every_n_epochs * steps_per_epoch`` updates (10 * 1000, the defaults) at the
+Training time between refits = the default cadence's updates (``C4Config().refit_interval_updates``) at the
 TD3BC+C4 update rate: ``--ups``, else ``--throughput-json`` (median ``td3bc/lean+c4`` of throughput.py), else
 measured here with a short lean Lightning run on the 10k data (the update rate does not depend on N).
 """
@@ -112,13 +112,13 @@ def main(argv=None) -> dict:
     from c4_lightning.c4.config import C4Config
 
     cfg = C4Config(enabled=True)
-    interval = cfg.refit_every_n_epochs * bu.STEPS_PER_EPOCH
+    interval = cfg.refit_interval_updates(bu.STEPS_PER_EPOCH)
     info = bu.machine_info(args.threads, device)
     t_start = time.perf_counter()
     print(f"# refit_scale: {info['cpu']}, torch {info['torch']} ({args.threads} thread(s)), device {device}, "
           f"load avg {info.get('loadavg_1m', '?')}, {args.clock} clock", flush=True)
     print(f"# C4 defaults: K={cfg.n_clusters}, pca_dim={cfg.pca_dim}, fit_subsample={cfg.fit_subsample}, "
-          f"refit every {cfg.refit_every_n_epochs} epochs x {bu.STEPS_PER_EPOCH} steps = {interval} updates", flush=True)
+          f"refit every {interval} updates", flush=True)
     ups, ups_note = measure_ups(args)
     print(f"# TD3BC+C4 rate: {ups:.1f} updates/s ({ups_note}) -> {interval / ups:.0f} s of training between refits",
           flush=True)
@@ -153,22 +153,22 @@ def main(argv=None) -> dict:
         rec["training_s_between_refits"] = between
         rec["refit_fraction_pct"] = 100 * rec["refit"] / between
         rec["refit_fraction_incl_scatter_pct"] = 100 * (rec["refit"] + rec.get("scatter", 0.0)) / between
-        # smallest refit_every_n_epochs (x steps_per_epoch updates) that keeps one refit under 10 % of training
-        rec["min_epochs_for_10pct"] = int(math.floor(10 * rec["refit"] * ups / bu.STEPS_PER_EPOCH)) + 1
+        # smallest refit interval (updates) that keeps one refit under 5 % of training
+        rec["min_updates_for_5pct"] = int(math.floor(20 * rec["refit"] * ups)) + 1
         records.append(rec)
         rows.append([f"{n:,}", source.split(" (")[0], rec["features"], rec["fit"], rec["predict"], rec["refit"],
                      rec.get("scatter"), rec["gmm_iters"], between, rec["refit_fraction_pct"],
-                     rec["min_epochs_for_10pct"]])
+                     rec["min_updates_for_5pct"]])
         print(f"# N={n:,} done: refit {rec['refit']:.2f} s ({time.perf_counter() - t_start:.0f} s elapsed)", flush=True)
         del data, critic, target, times
 
     print()
     print(bu.format_table(
         ["N", "data", "features s", "fit s (std+PCA+GMM)", "predict s", "refit s", "scatter s (TB)", "EM iters",
-         "training s between refits", "refit % of training", "min epochs between refits for < 10 %"], rows,
+         "training s between refits", "refit % of training", "min updates between refits for < 5 %"], rows,
         title=f"## One C4 refit vs the training time between refits ({interval} updates at {ups:.1f} updates/s, "
               f"{args.threads} thread(s))"))
-    print("goal: refit % of training < 10 at 1M transitions")
+    print("goal: refit % of training < 5 at 1M transitions at the default cadence")
     print(f"# total wall time {time.perf_counter() - t_start:.0f} s")
     out = {"machine": info, "args": vars(args), "ups": ups, "ups_note": ups_note, "interval_updates": interval,
            "results": records}

@@ -23,7 +23,7 @@ The first ``--warmup`` updates of every run are excluded; every contender runs `
 round by round, and the median is reported. C4's timed fits never refit (``refit_every_n_epochs=0``): one refit
 (critic features + standardise/PCA + GMM on at most ``fit_subsample`` rows + prediction on all) is timed
 separately on the trained C4 model, warm-started from its partition like a real refit, and amortised over the
-default interval ``refit_every_n_epochs * steps_per_epoch`` updates:
+default interval (``C4Config().refit_interval_updates``, 1000 updates):
 
     C4 total overhead = (t_step(C4) - t_step(no C4)) + t_refit / interval      (per update)
 """
@@ -75,6 +75,10 @@ def parse_args(argv=None):
     ap.add_argument("--before", default=None, metavar="DIR",
                     help="a checkout of an earlier commit (git worktree add DIR <commit>): each round also runs its "
                          "throughput.py (lean Trainer, no d3rlpy, one repeat) for a before/after table in one sitting")
+    ap.add_argument("--precision", default="32-true",
+                    help="comma list of Trainer precisions to time, e.g. 32-true,bf16-mixed (16-mixed: CUDA); every "
+                         "contender runs at each, interleaved; ratios are against the fp32 plain loop")
+    ap.add_argument("--compile", action="store_true", help="also time the Lightning lean variants with compile=True")
     ap.add_argument("--json", default=None, help="write all measurements to this JSON file")
     args = ap.parse_args(argv)
     q = args.quick
@@ -87,9 +91,17 @@ def parse_args(argv=None):
     args.modes = [m for m in (args.modes or ("lean" if q else "lean,default")).split(",") if m]
     args.algos = [a for a in args.algos.split(",") if a]
     args.penalties = [x for x in (args.penalties or ("cross_cov" if q else "cross_cov,feature_dot")).split(",") if x]
+    from c4_lightning.c4.penalty import PENALTIES
+
     for pen in args.penalties:
-        if pen not in ("cross_cov", "feature_dot", "grad_cross_cov"):
-            ap.error(f"--penalties: unknown {pen!r}; use cross_cov, feature_dot or grad_cross_cov")
+        if pen not in PENALTIES:
+            ap.error(f"--penalties: unknown {pen!r}; use one of {', '.join(sorted(PENALTIES))}")
+    args.precision = [p for p in args.precision.split(",") if p]
+    for p in args.precision:
+        if p not in ("32-true", "bf16-mixed", "16-mixed"):
+            ap.error(f"--precision: unknown {p!r}; use 32-true, bf16-mixed or 16-mixed")
+    if "32-true" not in args.precision:
+        args.precision.insert(0, "32-true")  # the reference every ratio is taken against
     for a in args.algos:
         if a not in ALGOS:
             ap.error(f"--algos: unknown {a!r}; use td3bc,cql")
@@ -146,11 +158,11 @@ def run_d3rlpy(py: str, args) -> dict:
     return {"error": f"d3rlpy worker failed (rc {r.returncode}): {(r.stderr or r.stdout).strip()[-500:]}"}
 
 
-def variant_key(algo: str, mode: str, penalty: str | None) -> str:
-    """``td3bc/lean`` (no C4), ``td3bc/lean+c4`` (C4, cross_cov), ``td3bc/lean+c4:feature_dot`` (C4, other penalty)."""
-    if penalty is None:
-        return f"{algo}/{mode}"
-    return f"{algo}/{mode}+c4" + ("" if penalty == "cross_cov" else f":{penalty}")
+def variant_key(algo: str, mode: str, penalty: str | None, precision: str = "32-true") -> str:
+    """``td3bc/lean`` (no C4), ``td3bc/lean+c4`` (C4, cross_cov), ``td3bc/lean+c4:feature_dot`` (C4, other penalty);
+    ``@bf16-mixed`` etc. appended for a precision other than fp32."""
+    key = f"{algo}/{mode}" if penalty is None else f"{algo}/{mode}+c4" + ("" if penalty == "cross_cov" else f":{penalty}")
+    return key if precision == "32-true" else f"{key}@{precision}"
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -189,19 +201,27 @@ def main(argv=None) -> dict:
     variants = [None, *args.penalties]  # no C4, then C4 with each penalty
     for r in range(args.repeats):
         for algo in args.algos:
-            add(f"{algo}/plain", bu.time_plain(algo, dm_plain, warm[algo], steps[algo], args.threads, device, seed=r)["ups"])
-            add(f"{algo}/plain-fused", bu.time_plain(algo, dm_plain, warm[algo], steps[algo], args.threads, device,
-                                                     seed=r, adam_kwargs={"fused": True})["ups"])
-            for mode in args.modes:
-                for pen in variants:
-                    keep = pen == args.penalties[0] and mode == args.modes[0]
-                    res = bu.time_lightning(algo, pen or False, dm_factory, warm[algo], steps[algo], args.threads,
-                                            mode, device, seed=r, return_model=keep)
-                    add(variant_key(algo, mode, pen), res["ups"])
-                    if "model" in res:
-                        c4_models[algo] = res
-                    if res.get("note") and res["note"] not in notes:
-                        notes.append(res["note"])
+            for prec in args.precision:
+                suffix = "" if prec == "32-true" else f"@{prec}"
+                add(f"{algo}/plain{suffix}", bu.time_plain(algo, dm_plain, warm[algo], steps[algo], args.threads,
+                                                           device, seed=r, precision=prec)["ups"])
+                add(f"{algo}/plain-fused{suffix}", bu.time_plain(algo, dm_plain, warm[algo], steps[algo], args.threads,
+                                                                 device, seed=r, adam_kwargs={"fused": True},
+                                                                 precision=prec)["ups"])
+                for mode in args.modes:
+                    for pen in variants:
+                        keep = pen == args.penalties[0] and mode == args.modes[0] and prec == "32-true"
+                        res = bu.time_lightning(algo, pen or False, dm_factory, warm[algo], steps[algo], args.threads,
+                                                mode, device, seed=r, return_model=keep, precision=prec)
+                        add(variant_key(algo, mode, pen, prec), res["ups"])
+                        if "model" in res:
+                            c4_models[algo] = res
+                        if res.get("note") and res["note"] not in notes:
+                            notes.append(res["note"])
+                if args.compile:
+                    res = bu.time_lightning(algo, False, dm_factory, warm[algo], steps[algo], args.threads, "lean",
+                                            device, seed=r, precision=prec, compile=True)
+                    add(f"{algo}/lean+compile{suffix}", res["ups"])
         if args.before:
             res = run_before(args, r)
             if "error" in res:
@@ -227,7 +247,7 @@ def main(argv=None) -> dict:
     from c4_lightning.c4.config import C4Config
 
     cfg = C4Config(enabled=True)
-    interval = cfg.refit_every_n_epochs * bu.STEPS_PER_EPOCH
+    interval = cfg.refit_interval_updates(bu.STEPS_PER_EPOCH)
     refits = {}
     for algo in args.algos:
         res = c4_models[algo]
@@ -331,6 +351,19 @@ def render(results: dict, args) -> str:
                 orows.append([f"{label}, {pen} [{mode}]", *[summ[a][mode]["penalties"][pen][key] for a in args.algos]])
     parts.append(bu.format_table(["C4 overhead", *cols], orows,
                                  title="## C4 overhead (penalty + amortised refit at the default interval)"))
+    if len(args.precision) > 1 or args.compile:
+        prows = []
+        for prec in args.precision:
+            suffix = "" if prec == "32-true" else f"@{prec}"
+            items = [("plain loop", "plain"), ("plain loop, fused Adam", "plain-fused"), ("Lightning lean", "lean"),
+                     *[(f"Lightning lean + C4 {pen}", variant_key("", "lean", pen)[1:]) for pen in args.penalties]]
+            if args.compile:
+                items.append(("Lightning lean, compile=True", "lean+compile"))
+            for label, key in items:
+                prows.append([f"{label} [{prec}]", *[_ratio(med.get(f"{a}/{key}{suffix}"), med.get(f"{a}/plain"))
+                                                     for a in args.algos]])
+        parts.append(bu.format_table(["speed / fp32 plain loop", *cols], prows,
+                                     title="## Precision: updates/s relative to the fp32 plain loop (same sitting)"))
     if any(k.startswith("before:") for k in med):
         brows = []
         for a in args.algos:

@@ -203,6 +203,12 @@ class C4LightningCLI(LightningCLI):
             warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter is intended.*")
             super().__init__(*args, **kwargs)
 
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """``fit`` only: offline RL has no validation/test/predict data loaders, and a command that is listed must
+        work. Evaluate a checkpoint with ``c4-evaluate --ckpt PATH`` (rollouts in the dataset's env)."""
+        return {"fit": {"model", "train_dataloaders", "val_dataloaders", "datamodule"}}
+
     def _parse_ckpt_path(self) -> None:
         """Lightning reads ``--ckpt_path``'s hyperparameters here, before any trainer exists: check the file first
         (restricted unpickler; a crafted, corrupt or missing file or a folder is refused in one line)."""
@@ -224,6 +230,7 @@ class C4LightningCLI(LightningCLI):
         parser.link_arguments("trainer.log_every_n_steps", "model.init_args.log_every_n_steps")
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
+        check_cpu_devices(config.get("accelerator"), config.get("devices"))
         configured = list(config.get("callbacks") or []) + list(callbacks)
         extra = []
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured):
@@ -374,6 +381,26 @@ def main(args: list[str] | None = None) -> None:
 
 
 _CURRENT: dict = {}
+
+
+def check_cpu_devices(accelerator, devices) -> None:
+    """Refuse, before any process starts, a CPU run with more processes than cores (each DDP process on a CPU
+    is one full training replica: ``--trainer.devices 99`` would start 99 of them and hang the machine)."""
+    import torch
+
+    on_cpu = accelerator == "cpu" or (accelerator in (None, "auto") and not torch.cuda.is_available())
+    if not on_cpu or devices in (None, "auto", -1, "-1"):
+        return
+    try:
+        n = len(devices) if isinstance(devices, (list, tuple)) else int(devices)
+    except (TypeError, ValueError):
+        return  # Lightning's own parser reports malformed values
+    cores = os.cpu_count() or 1
+    if n < 1:
+        raise ValueError(f"trainer.devices={devices!r} must be >= 1 (on a CPU: the number of training processes)")
+    if n > cores:
+        raise ValueError(f"trainer.devices={n} on a CPU would start {n} training processes on this machine's {cores} "
+                         f"cores; use --trainer.devices 1 (or at most {cores} with --trainer.strategy ddp)")
 
 
 if __name__ == "__main__":  # python -m c4_lightning.cli fit ... (what c4-sweep runs for each trial)

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,6 +15,10 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# No dataset hub is reachable in CI: remote Minari loads fail at once instead of retrying for ~25 s (the download
+# path itself is tested with minari.load_dataset replaced). Subprocesses of the tests inherit it.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # the Ray launcher test starts a local Ray: no reporting
 
 from minari_fixtures import DEFAULT_EPISODES, build_minari_dataset  # noqa: E402
 

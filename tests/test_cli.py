@@ -308,3 +308,30 @@ def test_progress_bar_redraws_every_ten_updates_by_default():
 
     assert C4ProgressBar().refresh_rate == 10
     assert C4ProgressBar(refresh_rate=1).refresh_rate == 1
+
+
+def test_every_listed_subcommand_works_on_the_embedded_dataset(tmp_path):
+    """No advertised command fails: each subcommand ``train.py --help`` lists runs a tiny budget successfully."""
+    help_text = subprocess.run([sys.executable, str(REPO / "train.py"), "--help"], cwd=REPO, capture_output=True,
+                               text=True, timeout=120).stdout
+    listed = re.search(r"\{([a-z,]+)\}", help_text).group(1).split(",")
+    assert listed == ["fit"]
+    for sub in listed:
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "train.py"), sub, "--config", str(REPO / "configs" / "td3bc_c4.yaml"),
+             "--trainer.max_steps", "4", "--data.steps_per_epoch", "4", "--model.c4.pca_dim", "4",
+             "--trainer.callbacks", "[]", "--trainer.enable_progress_bar", "false",
+             "--trainer.default_root_dir", str(tmp_path / sub)],
+            cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert proc.returncode == 0, f"{sub}: {proc.stderr[-2000:]}"
+
+
+@pytest.mark.parametrize("devices", ["99", "0"])
+def test_cpu_devices_beyond_the_cores_are_refused_before_any_process_starts(tmp_path, capsys, devices):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(REPO / "configs" / "td3bc.yaml"), "--trainer.accelerator", "cpu",
+              "--trainer.devices", devices, "--trainer.strategy", "ddp", "--trainer.default_root_dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "trainer.devices" in err[0] and ("cores" in err[0] or ">= 1" in err[0]), err
+    assert not list(tmp_path.rglob("*.ckpt"))

@@ -173,6 +173,24 @@ def test_download_is_tried_and_network_failure_is_a_clear_error(toy_minari, monk
     assert len(load_transitions("remote/other-v0")) == sum(n for n, _ in OTHER_EPISODES)
 
 
+def test_unversioned_unknown_id_is_not_sent_to_minari(toy_minari, monkeypatch):
+    """``mystery/thing`` has no ``-vN``: Minari's remote loader would fail parsing it (``TypeError: int()``); the
+    message says what a remote id looks like instead, and no download is attempted."""
+    import minari
+
+    calls = []
+    monkeypatch.setattr(minari, "load_dataset", lambda *a, **k: calls.append(a))
+    with pytest.raises(DatasetError) as err:
+        resolve_dataset("mystery/thing")
+    assert calls == []
+    assert "namespace/name-vN" in str(err.value) and "TypeError" not in str(err.value)
+
+
+def test_remote_loading_dependency_is_installed():
+    """``minari[hf]``: remote ids need huggingface_hub (a plain ``minari`` install fails with ImportError)."""
+    import huggingface_hub  # noqa: F401
+
+
 def test_corrupt_hdf5_names_file_and_suggests_recreating(minari_dirs):
     folder = build_minari_dataset(minari_dirs.cache, "toy/broken-v0", [(3, "term"), (4, "trunc")])
     data_file = folder / "data" / "main_data.hdf5"

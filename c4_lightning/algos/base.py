@@ -94,7 +94,7 @@ class OfflineRLModule(L.LightningModule):
         self._built = True
         if self.hparams.get("compile", False):
             for net in self.compiled_networks():
-                net.compile()
+                net.compile(dynamic=True)  # one graph for every batch shape (TD batch, CQL repeats, probe, refit)
 
     def compiled_networks(self) -> list[nn.Module]:
         return [self.actor, self.critic]

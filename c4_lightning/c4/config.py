@@ -89,5 +89,10 @@ class C4Config:
             return "updates", int(self.refit_every_n_updates)
         return "updates", DEFAULT_REFIT_EVERY_N_UPDATES
 
+    def refit_interval_updates(self, steps_per_epoch: int) -> int:
+        """Updates between two refits at this cadence (0: never refitted)."""
+        kind, n = self.refit_cadence()
+        return n * int(steps_per_epoch) if kind == "epochs" else n
+
     def to_dict(self) -> dict:
         return asdict(self)

@@ -178,6 +178,10 @@ def resolve_dataset(dataset_id: str, download: bool | None = None):
         return open_dataset_folder(found[1])
     if download is False:
         raise DatasetError(_unknown_dataset_message(dataset_id, "no local copy and download=False"))
+    if _split_version(dataset_id)[1] is None:  # Minari's remote ids are versioned; its parser fails on others
+        raise DatasetError(_unknown_dataset_message(
+            dataset_id, "no local copy, and a remote Minari id names its version (namespace/name-vN, e.g. "
+                        "mujoco/hopper/medium-v0)"))
     import minari
 
     try:

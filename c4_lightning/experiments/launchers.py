@@ -185,7 +185,11 @@ class RayLauncher:
 
         started_here = not ray.is_initialized()
         if started_here:
-            kwargs = {"address": self.address} if self.address else {"num_cpus": os.cpu_count() or 1}
+            if self.address:
+                kwargs = {"address": self.address}
+            else:  # a local Ray for this sweep: on the loopback interface only, no usage reporting
+                os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+                kwargs = {"num_cpus": os.cpu_count() or 1, "_node_ip_address": "127.0.0.1"}
             ray.init(log_to_driver=False, include_dashboard=False, **kwargs)
         remote = ray.remote(num_cpus=self.threads, num_gpus=self.gpus)(run_command)
         cwd = os.getcwd()
