@@ -190,6 +190,8 @@ class C4LightningCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("datamodule_class", OfflineRLDataModule)
         kwargs.setdefault("seed_everything_default", 0)
+        # overwrite: a run resumed into its own folder (a fixed logger version, as c4-sweep's trials) writes its
+        # config again; runs never share a folder (claim_run_dir), so no other run's config is overwritten
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("auto_configure_optimizers", False)  # the algorithms build their own optimisers
         defaults = dict(kwargs.get("trainer_defaults") or {})
@@ -242,6 +244,7 @@ class C4LightningCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
         _CURRENT["cli"] = self
+        self._created_log_dir = claim_run_dir(trainer)
         callbacks = trainer.callbacks
         if trainer.checkpoint_callback is None and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
             callbacks.append(ModelCheckpoint(save_last=True, every_n_epochs=1))
@@ -250,9 +253,6 @@ class C4LightningCLI(LightningCLI):
                 c.save_last = True
         enable_unused_parameter_detection(trainer.strategy)
         return trainer
-
-    def before_fit(self) -> None:
-        self._log_dir_existed = self._log_dir() is not None and self._log_dir().exists()
 
     def _log_dir(self) -> Path | None:
         return Path(self.trainer.log_dir) if self.trainer.log_dir else None
@@ -281,12 +281,45 @@ def _has_omegaconf() -> bool:
         return False
 
 
+def claim_run_dir(trainer) -> Path | None:
+    """Give the run a ``version_N`` folder of its own: created with an exclusive ``mkdir`` (the next free N), so two
+    runs started at the same moment in one ``default_root_dir`` never share a folder (Lightning's logger picks
+    ``max(existing) + 1`` by listing, which both would read alike). Only for a TensorBoard/CSV logger whose version
+    is automatic, on global rank 0 (the other DDP ranks follow rank 0's ``trainer.log_dir``). Returns the folder this
+    process created, the only one its clean-up may remove."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)) or 0) != 0 or int(os.environ.get("NODE_RANK", 0) or 0):
+        return None
+    logger = trainer.loggers[0] if trainer.loggers else None
+    if not isinstance(logger, (TensorBoardLogger, CSVLogger)) or logger._version is not None:
+        return None
+    root = Path(logger.root_dir)
+    if "://" in str(root):
+        return None
+    root.mkdir(parents=True, exist_ok=True)
+    version = logger._get_next_version()
+    while True:
+        path = root / f"version_{version}"
+        try:
+            path.mkdir()
+        except FileExistsError:
+            version += 1
+            continue
+        logger._version = version
+        return path
+
+
 def _remove_empty_run_dir(cli: C4LightningCLI | None) -> None:
-    """A run that failed before its first update leaves no directory that looks like a real run."""
+    """A run that failed before its first update leaves no directory that looks like a real run. Only a folder
+    this process created (:func:`claim_run_dir`) is ever removed: never another run's."""
     trainer = getattr(cli, "trainer", None)
-    if trainer is None or not trainer.log_dir or getattr(cli, "_log_dir_existed", True):
+    created = getattr(cli, "_created_log_dir", None)
+    if trainer is None or created is None or not trainer.log_dir:
         return
     log_dir = Path(trainer.log_dir)
+    if log_dir.resolve() != Path(created).resolve():
+        return
     if log_dir.exists() and trainer.global_step == 0 and not any(log_dir.rglob("*.ckpt")):
         shutil.rmtree(log_dir, ignore_errors=True)
     if not log_dir.exists():  # and the logger's folder (lightning_logs/) when it is left empty

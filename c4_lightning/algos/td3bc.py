@@ -115,6 +115,8 @@ class TD3BC(OfflineRLModule):
         if self.hparams.q_normalizer == "batch":
             return batch_q_abs
         m = self.hparams.q_normalizer_momentum
+        if self._trainer is not None and self.trainer.world_size > 1:  # ranks keep one average (and equal states)
+            batch_q_abs = self.trainer.strategy.reduce(batch_q_abs, reduce_op="mean")
         self.q_abs_average.mul_(m).add_(batch_q_abs.to(self.q_abs_average.dtype), alpha=1 - m)
         self.q_abs_updates.add_(1)
         return self.q_abs_average / (1 - m ** self.q_abs_updates)
