@@ -83,6 +83,8 @@ class GracefulShutdown(Callback):
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         install_atomic_checkpoint_io(trainer)
+        if trainer.is_global_zero:
+            remove_stale_temporaries(checkpoint_dir(trainer))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.received is not None:
@@ -115,8 +117,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
         try:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint gets the mode any new file would
             with os.fdopen(fd, "wb") as f:
                 torch.save(checkpoint, f)
                 f.flush()
@@ -133,6 +136,29 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.close(dir_fd)
         except OSError:
             pass
+
+
+TMP_SUFFIX = ".tmp"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files (``.<name>.ckpt.*.tmp``) that a write interrupted by a kill left in ``folder``;
+    returns what was removed. Runs at the start of a run (each run writes into its own folder)."""
+    removed = []
+    if folder.is_dir():
+        for tmp in folder.glob(f".*.ckpt.*{TMP_SUFFIX}"):
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except OSError:
+                pass
+    return removed
 
 
 def install_atomic_checkpoint_io(trainer) -> None:

@@ -379,3 +379,24 @@ def test_training_interrupted_message_and_exit_code():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert "no checkpoint was saved" in str(TrainingInterrupted(2, None))
+
+
+def test_checkpoints_get_the_umask_mode_and_stale_temporaries_are_removed(tmp_path):
+    import os
+    import stat
+
+    from c4_lightning.reliability import AtomicCheckpointIO, remove_stale_temporaries
+
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "ckpts" / "last.ckpt"
+        AtomicCheckpointIO().save_checkpoint({"x": torch.zeros(2)}, path)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644  # readable by teammates, as any new file (was 0600)
+    finally:
+        os.umask(old)
+    stale = path.parent / ".last.ckpt.abc123.tmp"
+    stale.write_bytes(b"partial")
+    other = path.parent / "notes.tmp"
+    other.write_text("not ours")
+    assert remove_stale_temporaries(path.parent) == [stale]
+    assert not stale.exists() and other.exists() and path.exists()
