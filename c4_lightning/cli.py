@@ -233,6 +233,9 @@ class C4LightningCLI(LightningCLI):
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
         check_cpu_devices(config.get("accelerator"), config.get("devices"))
+        root = config.get("default_root_dir")
+        if root and "://" not in str(root) and Path(root).exists() and not Path(root).is_dir():
+            raise ValueError(f"trainer.default_root_dir={root} is a file, not a folder: pass a folder for the runs")
         configured = list(config.get("callbacks") or []) + list(callbacks)
         extra = []
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured):
@@ -297,7 +300,11 @@ def claim_run_dir(trainer) -> Path | None:
     root = Path(logger.root_dir)
     if "://" in str(root):
         return None
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot create the run folder {root} ({err.strerror or err}): pass a writable "
+                         "--trainer.default_root_dir") from err
     version = logger._get_next_version()
     while True:
         path = root / f"version_{version}"

@@ -201,6 +201,8 @@ BAD_OPTIONS = [  # (option, value, the name the error must contain)
     ("--data.batch_size", "20000", "data.batch_size"),  # the default dataset has 10,000 transitions
     ("--model.init_args.c4.penalty_weight", "-0.5", "model.c4.penalty_weight"),
     ("--model.c4.penalty_wieght", "0.5", "model.c4.penalty_wieght"),
+    ("--model.init_args.hidden_dims", "[256,0]", "model.hidden_dims"),
+    ("--model.c4.refit_every_n_updates", "-1", "model.c4.refit_every_n_updates"),
 ]
 
 
@@ -335,3 +337,14 @@ def test_cpu_devices_beyond_the_cores_are_refused_before_any_process_starts(tmp_
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and "trainer.devices" in err[0] and ("cores" in err[0] or ">= 1" in err[0]), err
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_default_root_dir_that_is_a_file_is_refused_in_one_line(tmp_path, capsys):
+    afile = tmp_path / "not-a-folder"
+    afile.write_text("x")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONFIGS["td3bc"]), "--trainer.default_root_dir", str(afile)])
+    assert exit_info.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "is a file, not a folder" in err[0]
+    assert afile.read_text() == "x"

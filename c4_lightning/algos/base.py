@@ -277,8 +277,13 @@ class OfflineRLModule(L.LightningModule):
             set_rng_state(checkpoint.get("c4_lightning", {}).get("rng"))
 
 
-def check_hyperparameters(gamma: float, tau: float, **positive: float) -> None:
-    """The checks every algorithm shares: gamma in [0, 1], tau in (0, 1], and each of ``positive`` > 0."""
+def check_hyperparameters(gamma: float, tau: float, hidden_dims=None, **positive: float) -> None:
+    """The checks every algorithm shares: gamma in [0, 1], tau in (0, 1], hidden layer widths >= 1, and each of
+    ``positive`` > 0."""
+    if hidden_dims is not None:
+        dims = list(hidden_dims)
+        if not dims or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims):
+            raise ValueError(f"model.hidden_dims={dims} must be a non-empty list of layer widths >= 1, e.g. [256, 256]")
     for name, value in positive.items():
         if not value > 0:
             raise ValueError(f"model.{name}={value} must be > 0")
