@@ -309,3 +309,21 @@ def test_authors_presets_run_from_the_cli_with_diagnostics(tmp_path, preset):
                 "c4/cross_corr_rms_within", "c4/sampleable_share", "c4/cluster_size_0"):
         assert any(t == tag or t.endswith("/" + tag) for t in tags), f"{preset}: no {tag} in {sorted(tags)}"
     assert [e.value for e in acc.Scalars("c4/refits")] == [1.0, 2.0]  # first partition, refit at update 200
+
+
+@pytest.mark.parametrize("name", ["cross_cov", "weighted_cross_cov", "grad_cross_cov"])
+def test_penalty_rows_is_the_penalty_of_the_first_rows(name):
+    batch = _batch()
+    critic, target = _critics()
+    module = _Module(critic, target)
+    q, feats = critic(batch["observations"], batch["actions"], return_features=True)
+    sub = C4(C4Config(enabled=True, penalty=name, penalty_weight=1.0, penalty_rows=16))
+    _, next_feats = sub.target_q(target, batch["next_observations"], batch["next_actions"], batch["next_actions"])
+    value = sub.penalty(module, batch, feats, next_feats, torch.ones((), dtype=torch.float64), {})
+    first = {k: v[:16] for k, v in batch.items()}
+    exact = C4(C4Config(enabled=True, penalty=name, penalty_weight=1.0))
+    expected = exact.penalty(module, first, critic(first["observations"], first["actions"], return_features=True)[1],
+                             None, torch.ones((), dtype=torch.float64), {})
+    torch.testing.assert_close(value, expected)
+    with pytest.raises(ValueError, match="penalty_rows"):
+        C4Config(penalty_rows=1)

@@ -38,6 +38,10 @@ class C4Config:
             last member step (clusters then overlap).
         average_critics_at_refit: authors' behaviour: at each refit both online critics are set to their average.
         min_cluster_size: clusters smaller than this are not sampled (default ``max(batch, N // max(K, 10))``).
+        penalty_rows: compute the penalty (and its target-feature pass) on the first this-many rows of each batch
+            only (``None``: all rows, the exact batch penalty). A batch's rows are i.i.d. draws, so they are a random
+            subset; the plug-in estimate of a squared norm is biased upwards on fewer rows (see BENCHMARKS.md,
+            "C4 penalty on a sub-batch").
     """
 
     enabled: bool = False
@@ -54,6 +58,7 @@ class C4Config:
     extend_with_trajectory_tail: bool = False
     average_critics_at_refit: bool = False
     min_cluster_size: int | None = None
+    penalty_rows: int | None = None
 
     def __post_init__(self) -> None:
         validate_penalty_name(self.penalty)
@@ -76,6 +81,8 @@ class C4Config:
             (self.grad_beta >= 0, f"model.c4.grad_beta={self.grad_beta} must be >= 0"),
             (self.min_cluster_size is None or self.min_cluster_size >= 1,
              f"model.c4.min_cluster_size={self.min_cluster_size} must be >= 1"),
+            (self.penalty_rows is None or self.penalty_rows >= 2,
+             f"model.c4.penalty_rows={self.penalty_rows} must be >= 2 (a covariance needs two rows) or null"),
         ]
         for ok, message in checks:
             if not ok:

@@ -114,10 +114,15 @@ class C4:
         product per layer for both); else ``None``."""
         if not self.needs_target_features():
             return critic_target(next_obs, next_act), None
-        b = next_obs.shape[0]
-        q, feats = critic_target(torch.cat([next_obs, next_obs]), torch.cat([next_act, data_next_act]),
+        b, m = next_obs.shape[0], self._rows(next_obs.shape[0])
+        q, feats = critic_target(torch.cat([next_obs, next_obs[:m]]), torch.cat([next_act, data_next_act[:m]]),
                                  return_features=True)
         return q[:, :b], feats[:, b:]
+
+    def _rows(self, batch_size: int) -> int:
+        """Rows the penalty is computed on: ``penalty_rows`` (at most the batch), else the whole batch."""
+        m = self.config.penalty_rows
+        return batch_size if m is None else min(int(m), batch_size)
 
     def penalty(self, module: C4Module, batch: dict[str, torch.Tensor], feats: torch.Tensor,
                 next_feats: torch.Tensor | None, td_loss: torch.Tensor, logs: dict[str, Any]) -> torch.Tensor | float:
@@ -125,6 +130,12 @@ class C4:
         critic's features at ``(s, a)`` from the TD forward pass; ``next_feats`` what :meth:`target_q` returned."""
         if not self.active:
             return 0.0
+        m = self._rows(feats.shape[-2])
+        if m < feats.shape[-2]:  # a sub-batch: the first m rows (the batch's rows are i.i.d. draws)
+            batch = {k: v[:m] for k, v in batch.items()}
+            feats = feats[..., :m, :]
+            if next_feats is not None:
+                next_feats = next_feats[..., :m, :]
         online, target = self.inputs(module, batch, feats, next_feats)
         options = {k: getattr(self.config, field) for k, field in self.spec.options.items()}
         value = self.spec.fn(online, target, **options).sum()
