@@ -47,6 +47,7 @@ from c4_lightning.algos.base import NonFiniteLossError, OfflineRLModule
 from c4_lightning.data.datamodule import OfflineRLDataModule
 from c4_lightning.evaluation.callback import EvalCallback
 from c4_lightning.reliability import GracefulShutdown, TrainingInterrupted, error_line
+from c4_lightning.training import resume
 from c4_lightning.training.checkpoint import load_checkpoint
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -216,9 +217,21 @@ class C4LightningCLI(LightningCLI):
         (restricted unpickler; a crafted, corrupt or missing file or a folder is refused in one line)."""
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):  # Lightning's own lookups
-            load_checkpoint(ckpt_path, map_location="cpu")
-        super()._parse_ckpt_path()
+        if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):  # Lightning's own lookups
+            return super()._parse_ckpt_path()
+        checkpoint = load_checkpoint(ckpt_path, map_location="cpu")
+        model = self.config[subcommand].get("model")
+        model = model.as_dict() if hasattr(model, "as_dict") else dict(model or {})
+        requested = dict(model.get("init_args") or {})
+        changed = resume.compare(model.get("class_path"), requested, checkpoint.get("hyper_parameters") or {},
+                                 str(ckpt_path))
+        super()._parse_ckpt_path()  # Lightning: the model configuration becomes the checkpoint's ...
+        for key, (_, value) in changed.items():  # ... except what the resume applies as requested
+            self.config[f"{subcommand}.model.init_args.{key}"] = value
+        if changed:
+            print("resuming with changed settings: " + ", ".join(f"{k} {a!r} -> {b!r}"
+                                                                 for k, (a, b) in sorted(changed.items())),
+                  file=sys.stderr)
 
     def init_parser(self, **kwargs) -> LightningArgumentParser:
         kwargs.setdefault("dump_header", ["c4_lightning config: python train.py fit --config this.yaml"])

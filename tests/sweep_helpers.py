@@ -1,4 +1,5 @@
-"""A callback the sweep tests inject into a trial to kill it (SIGKILL, no checkpoint, no clean-up) once."""
+"""Callbacks tests inject into a train.py process: kill it once (SIGKILL, no checkpoint, no clean-up), or poison one
+batch so the loss becomes non-finite."""
 from __future__ import annotations
 
 import os
@@ -21,3 +22,14 @@ class KillOnce(Callback):
         if root.name.endswith(self.seed_suffix) and trainer.global_step >= self.at_step and not marker.exists():
             marker.write_text(str(trainer.global_step))
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class PoisonBatch(Callback):
+    """Sets the rewards of the batch at update ``at_step`` to NaN (the critic loss becomes non-finite there)."""
+
+    def __init__(self, at_step: int):
+        self.at_step = at_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.at_step:
+            batch["rewards"].fill_(float("nan"))

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 import subprocess
@@ -164,9 +165,9 @@ def test_nonfinite_loss_stops_naming_update_and_loss_after_checkpointing_the_las
     logger = TensorBoardLogger(str(tmp_path), name="tb")
     trainer = make_trainer(tmp_path, max_epochs=3, logger=logger)
     with pytest.raises(NonFiniteLossError, match=r"non-finite critic_loss at update 7 \(epoch 1\); "
-                                                 r"last good state saved to .*last-good-before-nonfinite\.ckpt"):
+                                                 r"the state that produced it is saved to .*nonfinite-state\.ckpt"):
         trainer.fit(model, datamodule=make_dm())
-    path = Path(logger.log_dir) / "checkpoints" / "last-good-before-nonfinite.ckpt"
+    path = Path(logger.log_dir) / "checkpoints" / "nonfinite-state.ckpt"
     ckpt = torch.load(path, map_location="cpu", weights_only=True)  # also: loadable without pickled objects
     assert ckpt["global_step"] == 7
     params = {k: v for k, v in ckpt["state_dict"].items() if v.is_floating_point()}
@@ -190,7 +191,7 @@ def test_nonfinite_loss_through_the_cli_exits_3_with_one_line_and_keeps_the_run(
     assert "Traceback" not in proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "non-finite critic_loss at update 0 (epoch 0)" in errors[0], proc.stderr[-3000:]
-    path = Path(errors[0].split("last good state saved to ")[1].split("; ")[0])
+    path = Path(errors[0].split("the state that produced it is saved to ")[1].split(" for inspection")[0])
     assert path.is_file() and root in path.parents
     params = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     assert all(torch.isfinite(v).all() for v in params.values() if v.is_floating_point())
@@ -400,3 +401,56 @@ def test_checkpoints_get_the_umask_mode_and_stale_temporaries_are_removed(tmp_pa
     other.write_text("not ours")
     assert remove_stale_temporaries(path.parent) == [stale]
     assert not stale.exists() and other.exists() and path.exists()
+
+
+def test_nonfinite_advice_works_end_to_end(tmp_path):
+    """The NaN stop names the checkpoint to resume from; resuming from it with a lower learning rate trains to the
+    end with that learning rate (the optimiser state no longer brings the old one back)."""
+    root = tmp_path / "runs"
+    poison = json.dumps([{"class_path": "sweep_helpers.PoisonBatch", "init_args": {"at_step": 7}}])
+    base = [sys.executable, "train.py", "fit", "--config", "configs/td3bc.yaml", "--trainer.default_root_dir",
+            str(root), "--data.steps_per_epoch", "3", "--data.batch_size", "32", "--trainer.max_epochs", "4",
+            "--model.init_args.hidden_dims", "[32,32]", "--trainer.enable_progress_bar", "false"]
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run(base + ["--trainer.callbacks", poison], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    error = next(ln for ln in proc.stderr.splitlines() if ln.startswith("error:"))
+    assert "non-finite critic_loss at update 7" in error
+    resume_from = Path(error.split("resume from ")[1].split(" (the last checkpoint")[0])
+    assert resume_from.name == "last.ckpt" and torch.load(resume_from, weights_only=True)["global_step"] == 6
+    proc = subprocess.run(base + ["--trainer.callbacks", "[]", "--ckpt_path", str(resume_from),
+                                  "--model.init_args.critic_lr", "1e-4"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming with changed settings: critic_lr 0.0003 -> 0.0001" in proc.stderr
+    finals = sorted(root.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
+    final = torch.load(finals[-1], weights_only=True)
+    assert final["global_step"] == 12
+    assert final["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(1e-4)  # the critic's optimiser
+    assert final["optimizer_states"][1]["param_groups"][0]["lr"] == pytest.approx(3e-4)
+
+
+@pytest.mark.parametrize("change, message", [
+    (["--config", "configs/cql.yaml"], "was written by TD3BC, but the config trains CQL"),
+    (["--model.init_args.hidden_dims", "[64,64]"], "hidden_dims [32, 32] -> [64, 64]"),
+    (["--config", "configs/td3bc_c4.yaml", "--model.init_args.hidden_dims", "[32,32]", "--model.c4.pca_dim", "4",
+      "--model.init_args.q_normalizer", "batch"], "c4.enabled False -> True"),
+])
+def test_resume_refuses_what_the_checkpoint_cannot_honour(tmp_path, change, message):
+    root = tmp_path / "runs"
+    base = ["fit", "--config", "configs/td3bc.yaml", "--trainer.default_root_dir", str(root),
+            "--data.steps_per_epoch", "3", "--data.batch_size", "32", "--trainer.max_epochs", "1",
+            "--model.init_args.hidden_dims", "[32,32]", "--trainer.callbacks", "[]",
+            "--trainer.enable_progress_bar", "false"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    assert subprocess.run([sys.executable, "train.py", *base], cwd=REPO, env=env, capture_output=True,
+                          timeout=300).returncode == 0
+    (ckpt,) = root.rglob("last.ckpt")
+    args = base + change + ["--trainer.max_epochs", "2", "--ckpt_path", str(ckpt)]
+    proc = subprocess.run([sys.executable, "train.py", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]

@@ -60,6 +60,7 @@ class OfflineRLModule(L.LightningModule):
         self._built = False
         self._probe: dict[str, torch.Tensor] | None = None
         self.probe_index: torch.Tensor | None = None
+        self._configured_lrs: list[float] = []  # in optimiser order (set again on a resumed run's optimisers)
         self.cross_cov = CrossCovarianceMetric()
 
     # Plain Python state set in the hot path. Lightning sets ``_current_fx_name`` before and after every hook call
@@ -147,6 +148,7 @@ class OfflineRLModule(L.LightningModule):
         from the for-loop Adam in the last bits. ``fused_adam=False`` gives the for-loop Adam of a plain
         ``torch.optim.Adam(params, lr)``; so does a device whose PyTorch has no fused Adam."""
         params = list(params)
+        self._configured_lrs.append(float(lr))
         if self.hparams.get("fused_adam", True):
             try:
                 return torch.optim.Adam(params, lr=lr, fused=True)
@@ -172,15 +174,23 @@ class OfflineRLModule(L.LightningModule):
         if all(math.isfinite(float(v.detach())) for v in losses.values()):  # scalar losses: one host read each
             return
         bad = [k for k, v in losses.items() if not torch.isfinite(v.detach()).all()]
-        path = None
+        path, resume_from = None, None
         if self._trainer is not None and self.trainer.log_dir is not None:
-            path = Path(self.trainer.log_dir) / "checkpoints" / "last-good-before-nonfinite.ckpt"
+            from c4_lightning.reliability import checkpoint_dir
+
+            folder = checkpoint_dir(self.trainer)
+            last = folder / "last.ckpt"
+            resume_from = last if last.is_file() else None  # the last epoch's state: before the blow-up began
+            path = folder / "nonfinite-state.ckpt"
             path.parent.mkdir(parents=True, exist_ok=True)
             self.trainer.save_checkpoint(path)
+        advice = (f"resume from {resume_from} (the last checkpoint before it) with lower learning rates or penalty "
+                  f"weight: --ckpt_path {resume_from} --model.init_args.critic_lr ..." if resume_from else
+                  "lower the learning rates or penalty weight and start again")
         raise NonFiniteLossError(
             f"non-finite {', '.join(bad)} at update {self.n_updates} (epoch {self.current_epoch}); "
-            + (f"last good state saved to {path}; " if path else "")
-            + "lower the learning rates or penalty weight, or check the data for extreme values")
+            + (f"the state that produced it is saved to {path} for inspection; " if path else "")
+            + advice + ", or check the data for extreme values")
 
     def should_log(self) -> bool:
         """True at the updates whose metrics reach the loggers (asked after the update is counted). Under a Trainer
@@ -223,6 +233,16 @@ class OfflineRLModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self.batches_done_in_epoch = 0
+
+    def on_train_start(self) -> None:
+        """A resumed run's optimisers come back with the checkpoint's learning rates: set the configured ones (a
+        resume with lower learning rates -- the advice after a non-finite loss -- must train with them)."""
+        opts = self.optimizers()
+        opts = opts if isinstance(opts, list) else [opts]
+        lrs = self._configured_lrs[-len(opts):]
+        for opt, lr in zip(opts, lrs):
+            for group in getattr(opt, "optimizer", opt).param_groups:
+                group["lr"] = lr
 
     @torch.no_grad()
     def probe_features(self) -> tuple[torch.Tensor, torch.Tensor]:
