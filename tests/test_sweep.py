@@ -117,6 +117,8 @@ def test_paired_difference_and_probability_of_improvement():
 
 def test_decision_rule_verdicts():
     base = {s: 40.0 + s for s in range(5)}
+    early = compare({0: 60.0, 1: 61.0}, base, min_seeds=5)  # no verdict before the planned seeds have finished
+    assert early["verdict"] == "pending (2/5 seeds)"
     assert compare({s: v * 1.5 for s, v in base.items()}, base)["verdict"] == "helps"
     assert compare({s: v - 10 for s, v in base.items()}, base)["verdict"] == "hurts"
     small = compare({s: v + 1 for s, v in base.items()}, base)  # CI excludes 0, but a gain under 10%
@@ -152,7 +154,7 @@ def test_local_sweep_runs_resumes_after_kill_and_aggregates(tmp_path, in_repo):
     rows = {r["variant"]: r for r in result["aggregates"]}
     base_scores = [r["score"] for r in result["runs"] if r["variant"] == "base"]
     assert rows["base"]["iqm"] == pytest.approx(sstats.trim_mean(base_scores, 0.25))
-    assert "verdict" in rows["c4"] and rows["c4"]["paired_seeds"] == [0, 1]
+    assert rows["c4"]["verdict"] in ("helps", "hurts", "undecided") and rows["c4"]["paired_seeds"] == [0, 1]
     assert (tmp_path / "out" / "tiny.md").read_text().count("| mix |") == 2
     assert (tmp_path / "out" / "tiny_curves.png").stat().st_size > 0
 
@@ -195,3 +197,19 @@ def test_flags_build_a_sweep_without_a_file(tmp_path, in_repo, capsys):
                      "--eval-every", "1000", "--runs-dir", str(tmp_path / "r"), "--dry-run"])
     out = capsys.readouterr().out
     assert rc == 0 and "4 trials" in out and "b__mix__s1: new" in out
+
+
+def test_trial_lock_keeps_two_sweep_processes_apart(tmp_path, in_repo):
+    from c4_lightning.experiments.launchers import LOCK_NAME, claim, release
+
+    sweep = load_sweep(write_sweep(tmp_path, two_variants()))
+    trial = sweep.trials()[0]
+    assert claim(sweep, trial)
+    assert not claim(sweep, trial)  # held by a live process (this one)
+    release(sweep, trial)
+    assert claim(sweep, trial)
+    lock = sweep.trial_dir(trial) / LOCK_NAME
+    host = lock.read_text().split()[0]
+    lock.write_text(f"{host} 999999999")  # a process that no longer exists: its lock is taken over
+    assert claim(sweep, trial)
+    release(sweep, trial)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -83,6 +84,49 @@ def prepare(sweep: Sweep, trial: Trial, python: str = sys.executable) -> list[st
     return cmd
 
 
+LOCK_NAME = ".running"
+
+
+def claim(sweep: Sweep, trial: Trial) -> bool:
+    """Take the trial's lock (an exclusive-create file holding this host and process id), so two sweep processes
+    on one machine never run the same trial at once. A lock left by a process that no longer exists on this host is
+    taken over. False when another live process holds it."""
+    folder = sweep.trial_dir(trial)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_NAME
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                host, pid = lock.read_text().split()
+            except (OSError, ValueError):
+                return False
+            if host != socket.gethostname() or _alive(int(pid)):
+                return False
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        return True
+    return False
+
+
+def release(sweep: Sweep, trial: Trial) -> None:
+    (sweep.trial_dir(trial) / LOCK_NAME).unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def trial_env(threads: int) -> dict:
     return dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
 
@@ -132,6 +176,11 @@ class LocalLauncher:
             while queue or running:
                 while queue and len(running) < self.jobs:
                     trial = queue.pop(0)
+                    if is_finished(sweep, trial):  # finished meanwhile by another sweep process
+                        continue
+                    if not claim(sweep, trial):
+                        report(f"[skip] {trial.key}: another sweep process is running it")
+                        continue
                     cmd = prepare(sweep, trial)
                     log_path = sweep.trial_dir(trial) / "train.log"
                     log = open(log_path, "a")
@@ -148,6 +197,7 @@ class LocalLauncher:
                         continue
                     running.remove(item)
                     log.close()
+                    release(sweep, trial)
                     res = TrialResult(trial, proc.returncode, time.perf_counter() - started,
                                       sweep.trial_dir(trial) / "train.log")
                     results.append(res)
@@ -163,6 +213,7 @@ class LocalLauncher:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                 log.close()
+                release(sweep, trial)
             raise
         return results
 
@@ -201,6 +252,11 @@ class RayLauncher:
             while queue or pending:
                 while queue and len(pending) < limit:
                     trial = queue.pop(0)
+                    if is_finished(sweep, trial):
+                        continue
+                    if not claim(sweep, trial):  # the lock names the driver's host and process
+                        report(f"[skip] {trial.key}: another sweep process is running it")
+                        continue
                     cmd = prepare(sweep, trial)
                     log = sweep.trial_dir(trial) / "train.log"
                     pending[remote.remote(cmd, str(log.resolve()), self.threads, cwd)] = trial
@@ -208,6 +264,7 @@ class RayLauncher:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
                     trial = pending.pop(ref)
+                    release(sweep, trial)
                     try:
                         rc, seconds = ray.get(ref)
                     except ray.exceptions.RayError as err:
@@ -219,8 +276,9 @@ class RayLauncher:
                            + ("" if res.ok else f" (exit {rc}; see {res.log})"))
         except KeyboardInterrupt:
             report("interrupted: cancelling the Ray tasks (each trial checkpoints; the next call resumes them)")
-            for ref in pending:
+            for ref, trial in pending.items():
                 ray.cancel(ref)
+                release(sweep, trial)
             raise
         finally:
             if started_here:

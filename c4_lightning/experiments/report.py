@@ -89,13 +89,14 @@ def aggregate(sweep: Sweep, records: list[dict], seed: int = 0) -> list[dict]:
                    "final_vs_peak_median": float(np.median(ratios)) if ratios else None}
             base = _by(records, sweep.baseline, dataset) if sweep.baseline else {}
             if sweep.baseline and variant != sweep.baseline and base:
-                row.update(compare(mine, base, seed))
+                row.update(compare(mine, base, seed, min_seeds=len(sweep.seeds)))
             rows.append(row)
     return rows
 
 
-def compare(mine: dict[int, float], base: dict[int, float], seed: int = 0) -> dict:
-    """Paired comparison on the seeds both sides finished, and the decision rule's verdict."""
+def compare(mine: dict[int, float], base: dict[int, float], seed: int = 0, min_seeds: int = 2) -> dict:
+    """Paired comparison on the seeds both sides finished, and the decision rule's verdict (given only once
+    ``min_seeds`` pairs, the sweep's planned seeds, have finished: "pending" before)."""
     paired = sorted(set(mine) & set(base))
     out: dict = {"paired_seeds": paired}
     x, y = np.array([mine[s] for s in paired]), np.array([base[s] for s in paired])
@@ -106,8 +107,8 @@ def compare(mine: dict[int, float], base: dict[int, float], seed: int = 0) -> di
         gain = (my_iqm - base_iqm) / abs(base_iqm) if base_iqm else float("nan")
         out.update(diff=d, diff_ci=[dlo, dhi], rel_gain=gain, prob_improvement=p, prob_improvement_ci=[plo, phi],
                    baseline_iqm_paired=base_iqm)
-        if len(paired) < 2:
-            verdict = "too few paired seeds"
+        if len(paired) < max(2, min_seeds):
+            verdict = f"pending ({len(paired)}/{max(2, min_seeds)} seeds)"
         elif gain >= MIN_GAIN and dlo > 0:
             verdict = "helps"
         elif dhi < 0:
