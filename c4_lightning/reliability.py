@@ -83,8 +83,9 @@ class GracefulShutdown(Callback):
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         install_atomic_checkpoint_io(trainer)
+        folder = checkpoint_dir(trainer)  # every rank: trainer.log_dir is a collective under DDP
         if trainer.is_global_zero:
-            remove_stale_temporaries(checkpoint_dir(trainer))
+            remove_stale_temporaries(folder)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.received is not None:
@@ -141,10 +142,25 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 TMP_SUFFIX = ".tmp"
 
 
-def _umask() -> int:
+def _read_umask() -> int:
+    """The process umask, read once at import (os.umask can only be read by setting it, which would race with
+    threads creating files if done at every save)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
+
+
+def _umask() -> int:
+    return _UMASK
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:

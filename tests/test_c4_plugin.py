@@ -327,3 +327,17 @@ def test_penalty_rows_is_the_penalty_of_the_first_rows(name):
     torch.testing.assert_close(value, expected)
     with pytest.raises(ValueError, match="penalty_rows"):
         C4Config(penalty_rows=1)
+
+
+def test_weighted_penalty_gradient_cannot_shrink_the_features():
+    """Homogeneous of degree 0 in psi: the gradient is orthogonal to psi (Euler), so following it never scales the
+    head-weighted features (the spread of Q) down; it only decorrelates them."""
+    rng = torch.Generator().manual_seed(2)
+    psi = torch.randn(2, B, 9, generator=rng, dtype=torch.float64, requires_grad=True)
+    psi_next = torch.randn(2, B, 9, generator=rng, dtype=torch.float64) + 0.7 * psi.detach()
+    value = weighted_cross_cov_penalty(psi, psi_next, eps=0.0).sum()
+    (grad,) = torch.autograd.grad(value, psi)
+    radial = (grad * psi.detach()).sum() / (grad.norm() * psi.detach().norm())
+    assert abs(float(radial)) < 1e-9
+    scaled = weighted_cross_cov_penalty(3.0 * psi.detach(), psi_next, eps=0.0).sum()
+    assert float(scaled) == pytest.approx(float(value), rel=1e-12)

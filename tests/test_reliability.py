@@ -454,3 +454,23 @@ def test_resume_refuses_what_the_checkpoint_cannot_honour(tmp_path, change, mess
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
+
+
+def test_resume_applies_a_changed_c4_setting(tmp_path):
+    root = tmp_path / "runs"
+    base = ["fit", "--config", "configs/td3bc_c4.yaml", "--trainer.default_root_dir", str(root),
+            "--data.steps_per_epoch", "3", "--data.batch_size", "32", "--trainer.max_epochs", "1",
+            "--model.init_args.hidden_dims", "[32,32]", "--model.c4.pca_dim", "4", "--trainer.callbacks", "[]",
+            "--trainer.enable_progress_bar", "false"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    assert subprocess.run([sys.executable, "train.py", *base], cwd=REPO, env=env, capture_output=True,
+                          timeout=300).returncode == 0
+    (ckpt,) = root.rglob("last.ckpt")
+    proc = subprocess.run([sys.executable, "train.py", *base, "--trainer.max_epochs", "2", "--model.c4.penalty_weight",
+                           "0.5", "--ckpt_path", str(ckpt)], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "resuming with changed settings: c4.penalty_weight 0.1 -> 0.5" in proc.stderr
+    final = max(root.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
+    saved = torch.load(final, weights_only=True)
+    assert saved["global_step"] == 6 and saved["hyper_parameters"]["c4"]["penalty_weight"] == 0.5

@@ -184,8 +184,9 @@ class OfflineRLModule(L.LightningModule):
             path = folder / "nonfinite-state.ckpt"
             path.parent.mkdir(parents=True, exist_ok=True)
             self.trainer.save_checkpoint(path)
+        lrs = " ".join(f"--model.init_args.{k} ..." for k in self.hparams if k.endswith("_lr"))
         advice = (f"resume from {resume_from} (the last checkpoint before it) with lower learning rates or penalty "
-                  f"weight: --ckpt_path {resume_from} --model.init_args.critic_lr ..." if resume_from else
+                  f"weight: --ckpt_path {resume_from} {lrs}" if resume_from else
                   "lower the learning rates or penalty weight and start again")
         raise NonFiniteLossError(
             f"non-finite {', '.join(bad)} at update {self.n_updates} (epoch {self.current_epoch}); "

@@ -156,7 +156,7 @@ def grad_cross_cov_penalty(
     ``C = Cov_B(grad_next.detach(), grad)``, ``grad = dQ/d(s, a)``, ``grad_next = dQ_target/d(s', a')``.
 
     **Invariant** to the rescaling of the last hidden layer (input gradients do not change when Q does not).
-    Scale: the squared scale of dQ/d(s,a), i.e. of Q per unit of (normalised) input. The cap bounds the value
+    Scale: the fourth power of the scale of dQ/d(s,a) (the squared norm of a covariance of gradients). The cap bounds the value
     smoothly; above it the gradient fades (``sech^2``), so the C4 plug-in logs the raw value
     (:func:`grad_cross_cov_raw`, ``c4/penalty_raw``) and warns once when it exceeds the cap.
 
@@ -195,7 +195,7 @@ def weighted_cross_cov_penalty(psi: torch.Tensor, psi_next: torch.Tensor, eps: f
     """Normalised cross-covariance of the head-weighted features ``psi = w * phi`` (per unit ``j``:
     ``psi_j = w_j phi_j``, so ``sum_j psi_j = Q - b``):
 
-        ``||Cov_B(psi_next, psi)||_F^2 / (tr Cov_B(psi_next) * tr Cov_B(psi) + eps)``, denominator detached.
+        ``||Cov_B(psi_next, psi)||_F^2 / (tr Cov_B(psi_next) * tr Cov_B(psi) + eps)``
 
     ``psi_next`` (the target critic's, at ``(s', a')``) is detached. The entries of ``Cov_B(psi_next, psi)`` are the
     covariances between the units' contributions to ``Q_target(s', a')`` and to ``Q(s, a)``; they sum to
@@ -203,10 +203,10 @@ def weighted_cross_cov_penalty(psi: torch.Tensor, psi_next: torch.Tensor, eps: f
 
     **Invariant** to any positive per-unit rescaling of the last hidden layer (``phi_j -> c_j phi_j``,
     ``w_j -> w_j / c_j`` leaves every ``psi_j``, hence Q and this value, unchanged), and to the scale of Q itself
-    (rewards): by Cauchy-Schwarz the value lies in ``[0, 1]``. The detached denominator only sets the scale: the
-    gradient is that of the numerator, so the critic lowers the penalty by decorrelating (or by flattening Q within
-    the batch, which the TD loss resists), never by reparametrising. Cost: one ``[H, B] x [B, H]`` product per
-    member, as ``cross_cov``.
+    (rewards): by Cauchy-Schwarz the value lies in ``[0, 1]``. The online side's variance in the denominator is
+    differentiated too, so the value is homogeneous of degree 0 in ``psi``: its gradient is orthogonal to ``psi``,
+    and the critic can lower it only by decorrelating, not by shrinking the spread of Q within the batch. Cost: one
+    ``[H, B] x [B, H]`` product per member, as ``cross_cov``.
 
     Shapes ``[..., B, H]`` -> ``[...]``.
     """
@@ -216,9 +216,8 @@ def weighted_cross_cov_penalty(psi: torch.Tensor, psi_next: torch.Tensor, eps: f
         b = psi.shape[-2]
         xc = psi_next - psi_next.mean(dim=-2, keepdim=True)
         num = _CrossCovSquaredNorm.apply(psi, xc, 1.0 / (b - 1) ** 2)
-        with torch.no_grad():
-            var_next = xc.square().sum(dim=(-2, -1)) / (b - 1)
-            var = (psi - psi.mean(dim=-2, keepdim=True)).square().sum(dim=(-2, -1)) / (b - 1)
+        var_next = xc.square().sum(dim=(-2, -1)) / (b - 1)
+        var = (psi - psi.mean(dim=-2, keepdim=True)).square().sum(dim=(-2, -1)) / (b - 1)
         return num / (var_next * var + eps)
 
 

@@ -8,6 +8,7 @@ sweep). Both need the run folders on a filesystem every worker sees (a shared di
 from __future__ import annotations
 
 import os
+import fcntl
 import signal
 import socket
 import subprocess
@@ -87,44 +88,29 @@ def prepare(sweep: Sweep, trial: Trial, python: str = sys.executable) -> list[st
 LOCK_NAME = ".running"
 
 
-def claim(sweep: Sweep, trial: Trial) -> bool:
-    """Take the trial's lock (an exclusive-create file holding this host and process id), so two sweep processes
-    on one machine never run the same trial at once. A lock left by a process that no longer exists on this host is
-    taken over. False when another live process holds it."""
+def claim(sweep: Sweep, trial: Trial) -> int | None:
+    """Lock the trial so two sweep processes never run it at once: an exclusive ``flock`` on its lock file (which
+    also names the host and process). Returns the locked file descriptor, or ``None`` when another process holds
+    it. The kernel drops the lock when every process holding the descriptor has exited: pass it to the trial's
+    process (``pass_fds``) and the lock lives as long as the training does, even if the sweep driver is killed."""
     folder = sweep.trial_dir(trial)
     folder.mkdir(parents=True, exist_ok=True)
-    lock = folder / LOCK_NAME
-    me = f"{socket.gethostname()} {os.getpid()}"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                host, pid = lock.read_text().split()
-            except (OSError, ValueError):
-                return False
-            if host != socket.gethostname() or _alive(int(pid)):
-                return False
-            lock.unlink(missing_ok=True)  # stale: its process is gone
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(me)
-        return True
-    return False
-
-
-def release(sweep: Sweep, trial: Trial) -> None:
-    (sweep.trial_dir(trial) / LOCK_NAME).unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
+    fd = os.open(folder / LOCK_NAME, os.O_CREAT | os.O_RDWR, 0o644)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
+    return fd
+
+
+def release(fd: int | None) -> None:
+    """Close this process's descriptor of a lock taken by :func:`claim`. No explicit unlock: the lock belongs to
+    the open file description, which the trial's process shares; it ends when the last holder closes it."""
+    if fd is not None:
+        os.close(fd)
 
 
 def trial_env(threads: int) -> dict:
@@ -169,35 +155,46 @@ class LocalLauncher:
 
     def run(self, sweep: Sweep, trials: list[Trial], report: Report = print) -> list[TrialResult]:
         queue = list(trials)
-        running: list[tuple[Trial, subprocess.Popen, float, object]] = []
+        running: list[tuple[Trial, subprocess.Popen, float, object, int]] = []
         results: list[TrialResult] = []
         cwd = os.getcwd()
+
+        def on_sigterm(signum, frame):
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, on_sigterm)  # SIGTERM: like Ctrl+C, the trials checkpoint
         try:
             while queue or running:
                 while queue and len(running) < self.jobs:
                     trial = queue.pop(0)
                     if is_finished(sweep, trial):  # finished meanwhile by another sweep process
                         continue
-                    if not claim(sweep, trial):
+                    lock = claim(sweep, trial)
+                    if lock is None:
                         report(f"[skip] {trial.key}: another sweep process is running it")
                         continue
-                    cmd = prepare(sweep, trial)
-                    log_path = sweep.trial_dir(trial) / "train.log"
-                    log = open(log_path, "a")
+                    try:
+                        cmd = prepare(sweep, trial)
+                    except SweepError as err:  # this trial cannot run; the others go on
+                        release(lock)
+                        report(f"[FAILED] {trial.key}: {err}")
+                        results.append(TrialResult(trial, 2, 0.0, sweep.trial_dir(trial) / "train.log"))
+                        continue
+                    log = open(sweep.trial_dir(trial) / "train.log", "a")
                     log.write(f"\n$ {' '.join(cmd)}\n")
                     log.flush()
                     proc = subprocess.Popen(cmd, cwd=cwd, env=trial_env(self.threads), stdout=log,
-                                            stderr=subprocess.STDOUT)
-                    running.append((trial, proc, time.perf_counter(), log))
+                                            stderr=subprocess.STDOUT, pass_fds=(lock,))
+                    running.append((trial, proc, time.perf_counter(), log, lock))
                     report(f"[start] {trial.key}" + (" (resuming)" if "--ckpt_path" in cmd else ""))
                 time.sleep(0.5)
                 for item in list(running):
-                    trial, proc, started, log = item
+                    trial, proc, started, log, lock = item
                     if proc.poll() is None:
                         continue
                     running.remove(item)
                     log.close()
-                    release(sweep, trial)
+                    release(lock)
                     res = TrialResult(trial, proc.returncode, time.perf_counter() - started,
                                       sweep.trial_dir(trial) / "train.log")
                     results.append(res)
@@ -205,16 +202,18 @@ class LocalLauncher:
                            + ("" if res.ok else f" (exit {res.returncode}; see {res.log})"))
         except KeyboardInterrupt:
             report("interrupted: asking the running trials to checkpoint (they resume on the next call)")
-            for trial, proc, _, log in running:
+            for trial, proc, _, log, lock in running:
                 proc.send_signal(signal.SIGTERM)
-            for trial, proc, _, log in running:
+            for trial, proc, _, log, lock in running:
                 try:
                     proc.wait(timeout=120)
                 except subprocess.TimeoutExpired:
                     proc.kill()
                 log.close()
-                release(sweep, trial)
+                release(lock)
             raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         return results
 
 
@@ -254,17 +253,24 @@ class RayLauncher:
                     trial = queue.pop(0)
                     if is_finished(sweep, trial):
                         continue
-                    if not claim(sweep, trial):  # the lock names the driver's host and process
+                    lock = claim(sweep, trial)  # held by the driver while the task runs
+                    if lock is None:
                         report(f"[skip] {trial.key}: another sweep process is running it")
                         continue
-                    cmd = prepare(sweep, trial)
+                    try:
+                        cmd = prepare(sweep, trial)
+                    except SweepError as err:
+                        release(lock)
+                        report(f"[FAILED] {trial.key}: {err}")
+                        results.append(TrialResult(trial, 2, 0.0, sweep.trial_dir(trial) / "train.log"))
+                        continue
                     log = sweep.trial_dir(trial) / "train.log"
-                    pending[remote.remote(cmd, str(log.resolve()), self.threads, cwd)] = trial
+                    pending[remote.remote(cmd, str(log.resolve()), self.threads, cwd)] = (trial, lock)
                     report(f"[submit] {trial.key}" + (" (resuming)" if "--ckpt_path" in cmd else ""))
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
-                    trial = pending.pop(ref)
-                    release(sweep, trial)
+                    trial, lock = pending.pop(ref)
+                    release(lock)
                     try:
                         rc, seconds = ray.get(ref)
                     except ray.exceptions.RayError as err:
@@ -276,9 +282,9 @@ class RayLauncher:
                            + ("" if res.ok else f" (exit {rc}; see {res.log})"))
         except KeyboardInterrupt:
             report("interrupted: cancelling the Ray tasks (each trial checkpoints; the next call resumes them)")
-            for ref, trial in pending.items():
+            for ref, (trial, lock) in pending.items():
                 ray.cancel(ref)
-                release(sweep, trial)
+                release(lock)
             raise
         finally:
             if started_here:

@@ -116,7 +116,7 @@ def compare(mine: dict[int, float], base: dict[int, float], seed: int = 0, min_s
         else:
             verdict = "undecided"
         out["verdict"] = verdict
-        out["paper_gain_in_ci"] = bool(dlo <= PAPER_GAIN * abs(base_iqm) <= dhi)
+        out["paper_gain_in_ci"] = bool(dlo <= PAPER_GAIN * abs(float(y.mean())) <= dhi)  # same estimator as diff
     return out
 
 

@@ -41,10 +41,18 @@ def bootstrap_ci(scores, statistic, seed: int = 0, resamples: int = RESAMPLES,
 
     With a single run in every task there is nothing to resample: the interval collapses to the point value."""
     tasks = _tasks(scores)
-    if all(t.size < 2 for t in tasks):
+    varying = [i for i, t in enumerate(tasks) if t.size >= 2]  # a task with one run has nothing to resample
+    if not varying:
         v = float(statistic(tasks))
         return v, v
-    res = stats.bootstrap(tuple(tasks), lambda *ts: statistic(list(ts)), vectorized=False, paired=False,
+
+    def resampled(*ts):
+        full = list(tasks)
+        for i, t in zip(varying, ts):
+            full[i] = t
+        return statistic(full)
+
+    res = stats.bootstrap(tuple(tasks[i] for i in varying), resampled, vectorized=False, paired=False,
                           n_resamples=resamples, confidence_level=confidence, method="percentile",
                           random_state=np.random.default_rng(seed))
     return float(res.confidence_interval.low), float(res.confidence_interval.high)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-STRUCTURAL = ("obs_dim", "act_dim", "hidden_dims", "critic_layer_norm", "q_normalizer", "c4.enabled",
+STRUCTURAL = ("hidden_dims", "critic_layer_norm", "q_normalizer", "c4.enabled",
               "c4.n_clusters", "c4.pca_dim", "c4.feature", "c4.extend_with_trajectory_tail")
 """Settings that define what the checkpoint holds: a resume cannot change them."""
 
@@ -37,8 +37,7 @@ def compare(requested_class: str | None, requested: dict, checkpoint_hparams: di
                          f"{requested_class.split('.')[-1]}: resume with the run's own config (its config.yaml) or "
                          "start a new run without --ckpt_path")
     saved, wanted = _flatten(checkpoint_hparams), _flatten(requested)
-    changed = {k: (saved[k], wanted[k]) for k in wanted
-               if k in saved and k not in IGNORED and saved[k] != wanted[k] and wanted[k] is not None}
+    changed = {k: (saved[k], wanted[k]) for k in wanted if k in saved and k not in IGNORED and saved[k] != wanted[k]}
     refused = {k: v for k, v in changed.items() if k in STRUCTURAL}
     if refused:
         what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(refused.items()))
