@@ -267,6 +267,8 @@ class RayLauncher:
                     log = sweep.trial_dir(trial) / "train.log"
                     pending[remote.remote(cmd, str(log.resolve()), self.threads, cwd)] = (trial, lock)
                     report(f"[submit] {trial.key}" + (" (resuming)" if "--ckpt_path" in cmd else ""))
+                if not pending:  # everything left was finished or locked elsewhere
+                    continue
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
                     trial, lock = pending.pop(ref)
