@@ -1,6 +1,6 @@
 """Reading checkpoints without running code from them.
 
-A ``.ckpt`` is a pickle: loaded with ``torch.load(weights_only=False)`` it can execute any code its author put
+A ``.ckpt`` is a pickle: loaded with the unrestricted unpickler it can execute any code its author put
 in it. Every checkpoint read in c4_lightning (``load_policy``, ``c4-evaluate``, ``--ckpt_path`` resumes through
 the trainer's checkpoint IO) goes through :func:`load_checkpoint`, which uses PyTorch's restricted unpickler
 (``weights_only=True``): tensors, containers and plain Python values only. Our own checkpoints hold nothing
