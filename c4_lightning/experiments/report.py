@@ -184,20 +184,21 @@ def curves_figure(sweep: Sweep, records: list[dict]):
 
 
 def diagnostics_figure(sweep: Sweep, records: list[dict]):
-    """Median curve of each ``c4/cross_*`` probe diagnostic per variant and dataset (one panel per tag)."""
+    """Median curve of each ``c4/cross_*`` probe diagnostic per variant and dataset over finished trials (one panel
+    per tag)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tags = sorted({t for r in records for t in r.get("curves", {})})
+    tags = sorted({t for r in records if r["finished"] for t in r.get("curves", {})})
     if not tags:
         return None
     fig, axes = plt.subplots(1, len(tags), figsize=(5.5 * len(tags), 4), squeeze=False)
     for ax, tag in zip(axes[0], tags):
         for dataset in sweep.datasets:
             for variant in sweep.variants:
-                curves = [dict(r["curves"][tag]) for r in records if r["variant"] == variant
+                curves = [dict(r["curves"][tag]) for r in records if r["variant"] == variant and r["finished"]
                           and r["dataset"] == dataset and tag in r.get("curves", {})]
                 if not curves:
                     continue
