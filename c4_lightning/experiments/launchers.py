@@ -117,14 +117,24 @@ def trial_env(threads: int) -> dict:
     return dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
 
 
+def start_trial(cmd: list[str], log_path: str | os.PathLike, threads: int, cwd: str,
+                pass_fds: tuple[int, ...] = ()) -> tuple[subprocess.Popen, object]:
+    """Start one trial command with its output appended to ``log_path`` (after a ``$ command`` header line);
+    returns the process and the open log file (the caller closes it)."""
+    log = open(log_path, "a")
+    log.write(f"\n$ {' '.join(cmd)}\n")
+    log.flush()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=trial_env(threads), stdout=log, stderr=subprocess.STDOUT,
+                            pass_fds=pass_fds)
+    return proc, log
+
+
 def run_command(cmd: list[str], log_path: str, threads: int, cwd: str) -> tuple[int, float]:
     """Run one trial command to the end with its output appended to ``log_path``; (return code, seconds).
     A module-level function so Ray can ship it to a worker."""
     t0 = time.perf_counter()
-    with open(log_path, "a") as log:
-        log.write(f"\n$ {' '.join(cmd)}\n")
-        log.flush()
-        proc = subprocess.Popen(cmd, cwd=cwd, env=trial_env(threads), stdout=log, stderr=subprocess.STDOUT)
+    proc, log = start_trial(cmd, log_path, threads, cwd)
+    with log:
         try:
             rc = proc.wait()
         except BaseException:  # interrupted (Ctrl+C, a cancelled Ray task): let the run checkpoint and stop
@@ -180,11 +190,8 @@ class LocalLauncher:
                         report(f"[FAILED] {trial.key}: {err}")
                         results.append(TrialResult(trial, 2, 0.0, sweep.trial_dir(trial) / "train.log"))
                         continue
-                    log = open(sweep.trial_dir(trial) / "train.log", "a")
-                    log.write(f"\n$ {' '.join(cmd)}\n")
-                    log.flush()
-                    proc = subprocess.Popen(cmd, cwd=cwd, env=trial_env(self.threads), stdout=log,
-                                            stderr=subprocess.STDOUT, pass_fds=(lock,))
+                    proc, log = start_trial(cmd, sweep.trial_dir(trial) / "train.log", self.threads, cwd,
+                                            pass_fds=(lock,))
                     running.append((trial, proc, time.perf_counter(), log, lock))
                     report(f"[start] {trial.key}" + (" (resuming)" if "--ckpt_path" in cmd else ""))
                 time.sleep(0.5)
