@@ -286,14 +286,18 @@ def test_fused_adam_by_default_and_for_loop_adam_on_request(algo):
 
 
 def test_batch_transfer_moves_each_tensor_and_falls_back_for_other_batches():
-    module = TD3BC(obs_dim=4, act_dim=2)
+    from c4_lightning.data.datamodule import OfflineRLDataModule
+
+    dm = OfflineRLDataModule()
     batch = {"observations": torch.randn(3, 4), "indices": torch.arange(3)}
-    moved = module.transfer_batch_to_device(batch, torch.device("cpu"), 0)
+    moved = dm.transfer_batch_to_device(batch, torch.device("cpu"), 0)
     assert set(moved) == set(batch) and all(moved[k] is batch[k] for k in batch)  # already there: no copies
-    moved = module.transfer_batch_to_device(batch, torch.device("meta"), 0)
+    moved = dm.transfer_batch_to_device(batch, torch.device("meta"), 0)
     assert all(v.device.type == "meta" for v in moved.values())
-    nested = module.transfer_batch_to_device([batch, "tag"], torch.device("meta"), 0)  # Lightning's generic path
+    nested = dm.transfer_batch_to_device([batch, "tag"], torch.device("meta"), 0)  # Lightning's generic path
     assert nested[1] == "tag" and nested[0]["observations"].device.type == "meta"
+    # the modules keep Lightning's hook: overriding it there made Lightning warn on every run with a datamodule
+    assert TD3BC.transfer_batch_to_device is L.LightningModule.transfer_batch_to_device
 
 
 @pytest.mark.parametrize("algo", ["td3bc", "cql"])

@@ -225,13 +225,6 @@ class OfflineRLModule(L.LightningModule):
             self.log_dict({(k if "/" in k else f"train/{k}"): v for k, v in logs.items()}, on_step=True, on_epoch=False)
             self.log("critic_loss", logs["critic_loss"], prog_bar=True, logger=False, on_step=True, on_epoch=False)
 
-    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
-        """A batch dict of tensors moves with one ``.to`` each (a no-op for the datamodule's on-device data);
-        anything else takes Lightning's generic path."""
-        if isinstance(batch, dict) and all(isinstance(v, torch.Tensor) for v in batch.values()):
-            return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
-
     def on_train_epoch_start(self) -> None:
         self.batches_done_in_epoch = 0
 

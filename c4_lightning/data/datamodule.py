@@ -193,6 +193,14 @@ class OfflineRLDataModule(pl.LightningDataModule):
             return 0, 1
         return int(trainer.global_rank), int(trainer.world_size)
 
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        """A batch dict of tensors moves with one ``.to`` each (a no-op for on-device data); anything else takes
+        Lightning's generic path. (A datamodule hook, not the module's: Lightning warns on every run when a module
+        overrides it while a datamodule is attached.)"""
+        if isinstance(batch, dict) and all(isinstance(v, torch.Tensor) for v in batch.values()):
+            return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def resolved_sampler_seed(self) -> int:
         """``sampler_seed``, or (when None) the global seed set by ``seed_everything`` (``PL_GLOBAL_SEED``), else 0."""
         if self.sampler_seed is not None:
