@@ -388,13 +388,16 @@ def test_checkpoints_get_the_umask_mode_and_stale_temporaries_are_removed(tmp_pa
 
     from c4_lightning.reliability import AtomicCheckpointIO, remove_stale_temporaries
 
-    old = os.umask(0o022)
+    import c4_lightning.reliability as reliability
+
+    old = reliability._UMASK
+    reliability._UMASK = 0o022  # the process umask is read once at import; pin it for this check
     try:
         path = tmp_path / "ckpts" / "last.ckpt"
         AtomicCheckpointIO().save_checkpoint({"x": torch.zeros(2)}, path)
         assert stat.S_IMODE(path.stat().st_mode) == 0o644  # readable by teammates, as any new file (was 0600)
     finally:
-        os.umask(old)
+        reliability._UMASK = old
     stale = path.parent / ".last.ckpt.abc123.tmp"
     stale.write_bytes(b"partial")
     other = path.parent / "notes.tmp"
