@@ -49,6 +49,7 @@ from c4_lightning.evaluation.callback import EvalCallback
 from c4_lightning.reliability import GracefulShutdown, TrainingInterrupted, error_line
 from c4_lightning.training import resume
 from c4_lightning.training.checkpoint import load_checkpoint
+from c4_lightning.training.loop_state import PeriodicCheckpoint
 
 # ---------------------------------------------------------------------------------------------- errors
 
@@ -255,6 +256,8 @@ class C4LightningCLI(LightningCLI):
             extra.append(C4ProgressBar())
         if not any(isinstance(c, GracefulShutdown) for c in configured):
             extra.append(GracefulShutdown())
+        if not any(isinstance(c, PeriodicCheckpoint) for c in configured):
+            extra.append(PeriodicCheckpoint())
         return super()._instantiate_trainer(config, list(callbacks) + extra)
 
     def instantiate_trainer(self, **kwargs):

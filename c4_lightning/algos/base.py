@@ -16,6 +16,7 @@ from c4_lightning.c4.config import C4Config
 from c4_lightning.c4.metrics import CrossCovarianceMetric
 from c4_lightning.c4.plugin import C4
 from c4_lightning.reliability import rng_state, set_rng_state
+from c4_lightning.training.loop_state import resume_epoch_end_as_finished
 
 
 class NonFiniteLossError(RuntimeError):
@@ -289,6 +290,8 @@ class OfflineRLModule(L.LightningModule):
         self.n_updates = int(done) if done is not None else 0
         if self._trainer is not None:  # resuming with a Trainer (not load_from_checkpoint): continue the RNG streams
             set_rng_state(checkpoint.get("c4_lightning", {}).get("rng"))
+            # runs before Lightning restores its loops: an end-of-epoch checkpoint resumes exactly under max_steps too
+            resume_epoch_end_as_finished(checkpoint, self._trainer.max_steps)
 
 
 def check_hyperparameters(gamma: float, tau: float, hidden_dims=None, **positive: float) -> None:
