@@ -247,6 +247,8 @@ class C4LightningCLI(LightningCLI):
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
         check_cpu_devices(config.get("accelerator"), config.get("devices"))
+        check_accelerator(config.get("accelerator"))
+        check_budget(config.get("max_steps"), config.get("max_epochs"))
         root = config.get("default_root_dir")
         if root and "://" not in str(root) and Path(root).exists() and not Path(root).is_dir():
             raise ValueError(f"trainer.default_root_dir={root} is a file, not a folder: pass a folder for the runs")
@@ -413,18 +415,24 @@ def main(args: list[str] | None = None) -> None:
 
     configure_console()
     if args is None:  # keep sys.argv authoritative (DDP re-launches the script with it)
-        sys.argv[1:] = _apply_aliases(sys.argv[1:])
+        debug = "--debug" in sys.argv[1:]
+        sys.argv[1:] = _apply_aliases([a for a in sys.argv[1:] if a != "--debug"])
         argv = list(sys.argv[1:])
     else:
-        args = argv = _apply_aliases(list(args))
+        debug = "--debug" in args
+        args = argv = _apply_aliases([a for a in args if a != "--debug"])
+    if debug:  # DDP children re-read sys.argv (without --debug): the environment carries it to them
+        os.environ["C4_DEBUG"] = "1"
     _CURRENT["argv"] = argv
     cli = None
     try:
+        check_config_files(argv)
         cli = C4LightningCLI(args=args)
     except TrainingInterrupted as err:
         print(f"{err}", file=sys.stderr)
         sys.exit(err.exit_code)
     except NonFiniteLossError as err:
+        _print_cause(err)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(3)
     except (ValueError, TypeError, FileNotFoundError, MisconfigurationException) as err:
@@ -432,8 +440,17 @@ def main(args: list[str] | None = None) -> None:
             raise
         _remove_empty_run_dir(cli or _CURRENT.get("cli"))
         text = one_line_error(str(err)) if looks_like_parser_error(str(err)) else error_line(err)
+        _print_cause(err)
         print(f"error: {text}", file=sys.stderr)
         sys.exit(2)
+
+
+def _print_cause(err: BaseException) -> None:
+    """With ``--debug`` or ``C4_DEBUG=1``: the full traceback (and its causes) above the one-line message."""
+    if os.environ.get("C4_DEBUG", "") not in ("", "0"):
+        import traceback
+
+        traceback.print_exception(err, file=sys.stderr)
 
 
 _CURRENT: dict = {}
@@ -457,6 +474,51 @@ def check_cpu_devices(accelerator, devices) -> None:
     if n > cores:
         raise ValueError(f"trainer.devices={n} on a CPU would start {n} training processes on this machine's {cores} "
                          f"cores; use --trainer.devices 1 (or at most {cores} with --trainer.strategy ddp)")
+
+
+def check_accelerator(accelerator) -> None:
+    """Refuse a GPU accelerator that PyTorch cannot see, naming why (a CPU-only build, or no visible device)."""
+    import torch
+
+    if str(accelerator).lower() not in ("gpu", "cuda") or torch.cuda.is_available():
+        return
+    why = (f"this PyTorch {torch.__version__} is a CPU-only build" if not torch.version.cuda
+           else f"PyTorch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU (driver, CUDA_VISIBLE_DEVICES?)")
+    raise ValueError(f"trainer.accelerator={accelerator} but {why}: use --trainer.accelerator cpu (or auto), or "
+                     "install a CUDA build of PyTorch on a machine with a GPU")
+
+
+def check_budget(max_steps, max_epochs) -> None:
+    """A budget of zero updates trains nothing (and would leave an empty run folder behind)."""
+    for name, value in (("max_steps", max_steps), ("max_epochs", max_epochs)):
+        if value == 0:
+            raise ValueError(f"trainer.{name}=0 trains nothing: give a budget >= 1 (or -1 for no limit on "
+                             f"{name.split('_')[1]} when the other limit is set)")
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Parse each ``--config`` YAML file before the CLI does, so a syntax error names the file, line and column
+    (jsonargparse reports only the parser's first words)."""
+    import yaml
+
+    paths = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config", "-c")]
+    paths += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    for path in paths:
+        try:
+            text = Path(path).read_text()
+        except OSError:
+            continue  # a missing file: the CLI's own message names it
+        try:
+            yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = " ".join(str(getattr(err, "problem", None) or err).split())
+            context, started = getattr(err, "context", None), getattr(err, "context_mark", None)
+            if context and started is not None and started is not mark:
+                context = f"{' '.join(context.split())} that starts at line {started.line + 1}"
+            raise ValueError(f"config {path}{where}: {problem}" + (f" ({context})" if context else "")
+                             + "; fix the YAML there") from err
 
 
 if __name__ == "__main__":  # python -m c4_lightning.cli fit ... (what c4-sweep runs for each trial)

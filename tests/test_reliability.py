@@ -477,3 +477,19 @@ def test_resume_applies_a_changed_c4_setting(tmp_path):
     final = max(root.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
     saved = torch.load(final, weights_only=True)
     assert saved["global_step"] == 6 and saved["hyper_parameters"]["c4"]["penalty_weight"] == 0.5
+
+
+def test_nan_check_off_still_fails_a_run_whose_weights_went_non_finite(tmp_path):
+    root = tmp_path / "runs"
+    poison = json.dumps([{"class_path": "sweep_helpers.PoisonBatch", "init_args": {"at_step": 2}}])
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "train.py", "fit", "--config", "configs/td3bc.yaml",
+                           "--trainer.default_root_dir", str(root), "--data.steps_per_epoch", "3",
+                           "--data.batch_size", "32", "--trainer.max_epochs", "1", "--model.init_args.hidden_dims",
+                           "[32,32]", "--model.init_args.nan_check", "false", "--trainer.enable_progress_bar", "false",
+                           "--trainer.callbacks", poison], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    error = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(error) == 1 and "training ended with non-finite weights" in error[0] and "nan_check true" in error[0]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from minari_fixtures import build_minari_dataset, episode_buffers
@@ -77,6 +78,11 @@ def toy_datasets(tmp_path_factory) -> Path:
     build_minari_dataset(root, "toy/pendulum-v0", eps, obs_dim=3, act_dim=1, env_id="Pendulum-v1")
     # metadata says Pendulum-v1, but the data have Hopper's shapes (11, 3)
     build_minari_dataset(root, "toy/mislabelled-v0", eps, obs_dim=11, act_dim=3, env_id="Pendulum-v1")
+    # Hopper's shapes, actions far outside [-1, 1] (the fixture's codes)
+    build_minari_dataset(root, "toy/wide-actions-v0", eps, obs_dim=11, act_dim=3, env_id="Hopper-v5")
+    build_minari_dataset(root, "toy/one-step-v0", [(1, "term")], obs_dim=11, act_dim=3, env_id="Hopper-v5")
+    build_minari_dataset(root, "toy/no-metadata-v0", eps, obs_dim=11, act_dim=3, env_id="Hopper-v5")
+    next(root.rglob("no-metadata-v0/data/metadata.json")).write_text("{}")
     bufs = episode_buffers(eps, 3, 1)
     bufs[2].observations[5, 1] = np.nan
     bufs[4].rewards[7] = np.inf
@@ -144,8 +150,61 @@ def test_clusters_that_can_never_be_sampled_default_min_size(tmp_path):
 
 @pytest.mark.parametrize("option, value, message", [
     ("--model.init_args.c4.penalty_weight", "-1", "model.c4.penalty_weight=-1.0 must be >= 0"),
+    ("--model.init_args.max_action", "0", "model.max_action=0.0 must be > 0"),
+    ("--trainer.max_steps", "0", "trainer.max_steps=0 trains nothing"),
+    ("--trainer.max_epochs", "0", "trainer.max_epochs=0 trains nothing"),
     ("--model.init_args.c4.n_clusters", "0", "model.c4.n_clusters=0 must be >= 1"),
 ])
 def test_invalid_option_values(tmp_path, option, value, message):
     proc, root = fit(tmp_path, option, value)
     assert_refused(proc, root, message)
+
+
+def test_dataset_actions_outside_the_policy_range_are_refused_or_clipped(tmp_path, toy_datasets):
+    proc, root = fit(tmp_path, "--data.dataset_id", "toy/wide-actions", datasets=toy_datasets)
+    line = assert_refused(proc, root, "of the dataset's action entries lie outside the policy's range [-1.0, 1.0]",
+                          "set data.clip_actions 1.0", "model.max_action")
+    assert line.startswith("error: 9") and "%" in line  # the share is named
+    proc, root = fit(tmp_path, "--data.dataset_id", "toy/wide-actions", "--data.clip_actions", "1",
+                     datasets=toy_datasets)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "data.clip_actions=1.0: clipped" in proc.stderr
+    assert next(root.rglob("last.ckpt")).is_file()
+
+
+def test_a_one_transition_dataset(tmp_path, toy_datasets):
+    proc, root = fit(tmp_path, "--data.dataset_id", "toy/one-step", "--data.batch_size", "1", "--data.clip_actions",
+                     "1", datasets=toy_datasets)
+    assert_refused(proc, root, "dataset toy/one-step has N=1 transition", "at least 2")
+
+
+def test_metadata_without_spaces(tmp_path, toy_datasets):
+    proc, root = fit(tmp_path, "--data.dataset_id", "toy/no-metadata", datasets=toy_datasets)
+    assert_refused(proc, root, "no-metadata-v0/data/metadata.json", "names neither observation_space",
+                   "holds nothing", "re-create it")
+
+
+def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  init_args: {hidden_dims: [8, 8]\ndata:\n  batch_size: 4\n")
+    proc, root = fit(tmp_path, "--config", str(bad))
+    assert_refused(proc, root, f"config {bad} line 3", "flow mapping that starts at line 2", "fix the YAML")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where PyTorch sees no GPU")
+def test_gpu_accelerator_without_a_gpu(tmp_path):
+    proc, root = fit(tmp_path, "--trainer.accelerator", "gpu")
+    assert_refused(proc, root, "trainer.accelerator=gpu", "--trainer.accelerator cpu")
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_debug_shows_the_cause_above_the_one_line_error(tmp_path, how):
+    extra = ["--debug"] if how == "flag" else []
+    env = {"C4_DEBUG": "1"} if how == "env" else {}
+    root = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "train.py", "fit", "--config", "configs/td3bc.yaml", *extra,
+                           "--model.init_args.max_action", "0", "--trainer.default_root_dir", str(root)],
+                          cwd=REPO, env=dict(os.environ, **env), capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 2
+    assert "Traceback" in proc.stderr and "check_hyperparameters" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "error: model.max_action=0.0 must be > 0"

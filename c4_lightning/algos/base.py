@@ -128,6 +128,7 @@ class OfflineRLModule(L.LightningModule):
         self.obs_mean.copy_(dm.obs_mean.to(self.obs_mean))
         self.obs_std.copy_(dm.obs_std.to(self.obs_std))
         obs, act, next_obs, next_act = dm.features_input()
+        check_action_range(act, self.hparams.max_action)
         g = torch.Generator().manual_seed(12345)
         idx = torch.randperm(obs.shape[0], generator=g)[: self.hparams.probe_size].to(obs.device)
         self._probe = {"obs": obs[idx], "act": act[idx], "next_obs": next_obs[idx], "next_act": next_act[idx]}
@@ -229,6 +230,18 @@ class OfflineRLModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self.batches_done_in_epoch = 0
 
+    def on_train_end(self) -> None:
+        """With ``nan_check`` off nothing stops a run whose weights went NaN/Inf: end it with an error (exit code 3)
+        rather than a success and a useless policy."""
+        if self.hparams.nan_check:
+            return
+        bad = [name for name, p in self.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise NonFiniteLossError(
+                f"training ended with non-finite weights ({len(bad)} tensors, first {bad[0]}): the run's checkpoints "
+                "hold them too; train again with model.nan_check true, which stops before the first non-finite "
+                "update and saves the last good state")
+
     def on_train_start(self) -> None:
         """A resumed run's optimisers come back with the checkpoint's learning rates: set the configured ones (a
         resume with lower learning rates -- the advice after a non-finite loss -- must train with them)."""
@@ -292,6 +305,19 @@ class OfflineRLModule(L.LightningModule):
             set_rng_state(checkpoint.get("c4_lightning", {}).get("rng"))
             # runs before Lightning restores its loops: an end-of-epoch checkpoint resumes exactly under max_steps too
             resume_epoch_end_as_finished(checkpoint, self._trainer.max_steps)
+
+
+def check_action_range(actions: torch.Tensor, max_action: float) -> None:
+    """Refuse dataset actions the policy cannot produce: its actions are ``max_action * tanh(.)``, so a target
+    outside ``[-max_action, max_action]`` biases behaviour cloning and the critic's view of the data alike."""
+    bound = float(max_action) * (1 + 1e-5)
+    outside = actions.abs() > bound
+    if bool(outside.any()):
+        share = float(outside.float().mean())
+        raise ValueError(
+            f"{share:.2%} of the dataset's action entries lie outside the policy's range [-{max_action}, {max_action}] "
+            f"(largest |action| {float(actions.abs().max()):.4g}): set data.clip_actions {max_action} to clip them "
+            "into range, or model.max_action to the environment's action bound")
 
 
 def check_hyperparameters(gamma: float, tau: float, hidden_dims=None, **positive: float) -> None:

@@ -85,7 +85,8 @@ class CQL(OfflineRLModule):
     ):
         super().__init__(obs_dim, act_dim, max_action, c4, probe_size, log_every_n_steps, nan_check, compile,
                          fused_adam)
-        check_hyperparameters(gamma, tau, hidden_dims, policy_lr=policy_lr, qf_lr=qf_lr, cql_temp=cql_temp)
+        check_hyperparameters(gamma, tau, hidden_dims, policy_lr=policy_lr, qf_lr=qf_lr, cql_temp=cql_temp,
+                              max_action=max_action)
         if cql_n_actions < 1:
             raise ValueError(f"model.cql_n_actions={cql_n_actions} must be >= 1")
         if cql_alpha < 0 or bc_weight < 0 or bc_steps < 0:

@@ -52,7 +52,8 @@ class TD3BC(OfflineRLModule):
     ):
         super().__init__(obs_dim, act_dim, max_action, c4, probe_size, log_every_n_steps, nan_check, compile,
                          fused_adam)
-        check_hyperparameters(gamma, tau, hidden_dims, actor_lr=actor_lr, critic_lr=critic_lr, alpha=alpha)
+        check_hyperparameters(gamma, tau, hidden_dims, actor_lr=actor_lr, critic_lr=critic_lr, alpha=alpha,
+                              max_action=max_action)
         if policy_delay < 1:
             raise ValueError(f"model.policy_delay={policy_delay} must be >= 1")
         if q_normalizer not in ("batch", "running"):

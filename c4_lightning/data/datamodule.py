@@ -16,6 +16,7 @@ import os
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_warn
 import torch
 from torch.utils.data import DataLoader
 
@@ -74,6 +75,9 @@ class OfflineRLDataModule(pl.LightningDataModule):
         sampler_seed: seed of the batch sampler; ``None`` (default) follows the run's global seed
             (``seed_everything``) when the sampler is built, so runs with different seeds draw different batches.
         data_on_device: keep the packed data on the training device.
+        clip_actions: clip actions and next actions into ``[-clip_actions, clip_actions]`` (a warning names the
+            share clipped); ``None`` (default) keeps them, and the algorithm refuses actions outside its
+            ``max_action``.
     """
 
     def __init__(
@@ -91,6 +95,7 @@ class OfflineRLDataModule(pl.LightningDataModule):
         min_cluster_size: int | None = None,
         sampler_seed: int | None = None,
         data_on_device: bool = True,
+        clip_actions: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -101,6 +106,8 @@ class OfflineRLDataModule(pl.LightningDataModule):
             raise DatasetError(f"data.steps_per_epoch must be >= 1, got {steps_per_epoch}")
         if max_transitions is not None and int(max_transitions) < 1:
             raise DatasetError(f"data.max_transitions must be >= 1 or null, got {max_transitions}")
+        if clip_actions is not None and not float(clip_actions) > 0:
+            raise DatasetError(f"data.clip_actions must be > 0 or null, got {clip_actions}")
         if min_cluster_size is not None and int(min_cluster_size) < 1:
             raise DatasetError(f"data.min_cluster_size must be >= 1 or null, got {min_cluster_size}")
         if not torch.isfinite(torch.tensor([float(reward_scale), float(reward_bias)])).all():
@@ -111,6 +118,7 @@ class OfflineRLDataModule(pl.LightningDataModule):
         self.shares = shares
         self.max_transitions = max_transitions
         self.subsample_seed = int(subsample_seed)
+        self.clip_actions = None if clip_actions is None else float(clip_actions)
         self.batch_size = int(batch_size)
         self.steps_per_epoch = int(steps_per_epoch)
         self.normalize_observations = bool(normalize_observations)
@@ -145,6 +153,12 @@ class OfflineRLDataModule(pl.LightningDataModule):
         t = combine_loaded(parts, self.shares, self.max_transitions, self.subsample_seed)
         t = check_finite(t, "+".join(ids))
         n = len(t)
+        if n < 2:
+            raise DatasetError(
+                f"dataset {'+'.join(ids)} has N={n} transition{'s' if n != 1 else ''} (after max_transitions): training "
+                "needs at least 2 (observation statistics and the critic's cross-covariance diagnostics are "
+                "estimated from the data); use a larger dataset or data.max_transitions"
+            )
         if self.batch_size > n:
             raise DatasetError(
                 f"data.batch_size={self.batch_size} is larger than the dataset, which has N={n} transitions; "
@@ -161,12 +175,20 @@ class OfflineRLDataModule(pl.LightningDataModule):
             std = torch.ones(t.obs_dim, dtype=torch.float32)
         self._obs_mean, self._obs_std = mean, std
 
+        actions, next_actions = t.actions, t.next_actions
+        if self.clip_actions is not None:
+            bound = float(self.clip_actions)
+            share = float((actions.abs() > bound).float().mean())
+            if share > 0:
+                rank_zero_warn(f"data.clip_actions={bound}: clipped {share:.2%} of the dataset's action entries into "
+                               f"[-{bound}, {bound}]")
+            actions, next_actions = actions.clamp(-bound, bound), next_actions.clamp(-bound, bound)
         columns = [
             ("observations", (t.observations - mean) / std),
-            ("actions", t.actions),
+            ("actions", actions),
             ("rewards", t.rewards * self.reward_scale + self.reward_bias),
             ("next_observations", (t.next_observations - mean) / std),
-            ("next_actions", t.next_actions),
+            ("next_actions", next_actions),
             ("terminals", t.terminals),
             ("last_steps", t.last_steps),
         ]

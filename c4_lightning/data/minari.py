@@ -149,12 +149,22 @@ def open_dataset_folder(version_dir: Path | str):
             f"(c4-collect record) or point at a folder that holds data/metadata.json"
         )
     try:
-        json.loads(meta.read_text())
+        metadata = json.loads(meta.read_text())
     except (OSError, ValueError) as err:
         raise DatasetError(
             f"corrupt dataset metadata file {meta} ({err}); delete {version_dir} and re-create it "
             f"(c4-collect record) or download it again"
         ) from err
+    spaces = isinstance(metadata, dict) and (
+        all(isinstance(metadata.get(k), str) for k in ("observation_space", "action_space"))
+        or isinstance(metadata.get("env_spec"), str))
+    if not spaces:  # Minari needs the spaces (or the env spec that gives them) and fails with a bare assert
+        held = sorted(metadata) if isinstance(metadata, dict) else type(metadata).__name__
+        raise DatasetError(
+            f"dataset metadata file {meta} names neither observation_space and action_space nor env_spec (it holds "
+            f"{held or 'nothing'}): the dataset's spaces are unknown; re-create it (c4-collect record) or restore "
+            f"its metadata.json"
+        )
     try:
         return minari.MinariDataset(data_dir)
     except Exception as err:  # minari raises ValueError/KeyError/OSError on broken folders
