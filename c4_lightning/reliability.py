@@ -24,6 +24,8 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from c4_lightning.training.agreement import agree_max
+
 
 class TrainingInterrupted(RuntimeError):
     """Raised after a signal-triggered checkpoint; ``exit_code`` is 128 + the signal number."""
@@ -88,7 +90,10 @@ class GracefulShutdown(Callback):
             remove_stale_temporaries(folder)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.received is not None:
+        # under DDP a signal may reach one rank only: all ranks agree (the largest signal number) and stop together
+        signum = agree_max(self.received or 0, trainer)
+        if signum:
+            self.received = signum
             self._stop(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:

@@ -83,3 +83,106 @@ def test_ddp_two_cpu_processes(tmp_path):
     changed = [k for k in r0["initial"] if k.startswith(("critic.", "actor."))
                and not torch.equal(r0["initial"][k], r0["final"][k])]
     assert changed
+
+
+# ---------------------------------------------------------------------------------------------- stopping together
+
+
+class PoisonOnRank(Callback):
+    """NaN rewards in the batch of update ``at_step`` on global rank ``rank`` only."""
+
+    def __init__(self, at_step: int, rank: int):
+        self.at_step, self.rank = at_step, rank
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.at_step and trainer.global_rank == self.rank:
+            batch["rewards"].fill_(float("nan"))
+
+
+class HoldForSignalOnRank(Callback):
+    """On global rank ``rank`` after update ``at_step``: write ``marker`` and wait (at most 120 s) for a signal."""
+
+    def __init__(self, at_step: int, rank: int, marker: str):
+        self.at_step, self.rank, self.marker = at_step, rank, marker
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step != self.at_step or trainer.global_rank != self.rank:
+            return
+        import time
+
+        from c4_lightning.reliability import GracefulShutdown
+
+        shutdown = next(c for c in trainer.callbacks if isinstance(c, GracefulShutdown))
+        Path(self.marker).write_text(str(os.getpid()))
+        deadline = time.monotonic() + 120
+        while shutdown.received is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_ranks(tmp_path: Path, callbacks: list[dict]) -> list[subprocess.Popen]:
+    """Both ranks as independent processes (as torchrun or SLURM start them), so each rank's exit code is seen."""
+    args = ["fit", "--config", str(REPO / "configs" / "td3bc.yaml"), "--trainer.devices", "2", "--trainer.strategy",
+            "ddp", "--trainer.accelerator", "cpu", "--model.init_args.hidden_dims", "[16,16]", "--data.batch_size", "32",
+            "--data.steps_per_epoch", "4", "--trainer.max_epochs", "3", "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false", "--trainer.callbacks", json.dumps(callbacks),
+            "--trainer.default_root_dir", str(tmp_path / "runs")]
+    port = str(_free_port())
+    procs = []
+    for rank in (0, 1):
+        env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2",
+                   RANK=str(rank), LOCAL_RANK=str(rank), NODE_RANK="0", LOCAL_WORLD_SIZE="2",
+                   PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+        procs.append(subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def _finish(procs: list[subprocess.Popen], timeout: float = 300) -> list[tuple[int, str]]:
+    out = []
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=timeout)
+            out.append((p.returncode, err))
+    finally:
+        for p in procs:  # only the processes this test started; a hang fails the test instead of the machine
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return out
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
+    poison = {"class_path": "test_ddp.PoisonOnRank", "init_args": {"at_step": 6, "rank": 1}}
+    (code0, err0), (code1, err1) = _finish(_start_ranks(tmp_path, [poison]))
+    assert code0 == code1 == 3, (err0[-2000:], err1[-2000:])
+    assert "non-finite critic_loss at update 6" in err1  # the rank that saw it names the loss
+    assert "non-finite loss on another rank at update 6" in err0
+    saved = list((tmp_path / "runs").rglob("nonfinite-state.ckpt"))
+    assert len(saved) == 1 and torch.load(saved[0], weights_only=True)["global_step"] == 6
+
+
+def test_a_signal_on_one_rank_stops_every_rank_with_one_checkpoint(tmp_path):
+    import signal
+    import time
+
+    marker = tmp_path / "rank1.pid"
+    hold = {"class_path": "test_ddp.HoldForSignalOnRank", "init_args": {"at_step": 5, "rank": 1, "marker": str(marker)}}
+    procs = _start_ranks(tmp_path, [hold])
+    deadline = time.monotonic() + 240
+    while not marker.exists() and time.monotonic() < deadline and all(p.poll() is None for p in procs):
+        time.sleep(0.05)
+    assert marker.exists(), "rank 1 never reached update 5"
+    os.kill(int(marker.read_text()), signal.SIGTERM)  # rank 1 only (the PID this test's run wrote)
+    (code0, err0), (code1, err1) = _finish(procs)
+    assert code0 == code1 == 128 + signal.SIGTERM, (err0[-2000:], err1[-2000:])
+    assert "training stopped by SIGTERM" in err0 and "training stopped by SIGTERM" in err1
+    last = list((tmp_path / "runs").rglob("last.ckpt"))
+    assert len(last) == 1 and torch.load(last[0], weights_only=True)["global_step"] == 5

@@ -16,6 +16,7 @@ from c4_lightning.c4.config import C4Config
 from c4_lightning.c4.metrics import CrossCovarianceMetric
 from c4_lightning.c4.plugin import C4
 from c4_lightning.reliability import rng_state, set_rng_state
+from c4_lightning.training.agreement import agree_max
 from c4_lightning.training.loop_state import resume_epoch_end_as_finished
 
 
@@ -173,9 +174,11 @@ class OfflineRLModule(L.LightningModule):
         """Stop before a non-finite loss reaches the parameters: checkpoint the last good state, then raise."""
         if not self.hparams.nan_check:
             return
-        if all(math.isfinite(float(v.detach())) for v in losses.values()):  # scalar losses: one host read each
+        finite = all(math.isfinite(float(v.detach())) for v in losses.values())  # scalar losses: one host read each
+        # under DDP every rank must stop here together (a rank stopping alone leaves the others hanging)
+        if not agree_max(not finite, self._trainer):
             return
-        bad = [k for k, v in losses.items() if not torch.isfinite(v.detach()).all()]
+        bad = [k for k, v in losses.items() if not torch.isfinite(v.detach()).all()] or ["loss on another rank"]
         path, resume_from = None, None
         if self._trainer is not None and self.trainer.log_dir is not None:
             from c4_lightning.reliability import checkpoint_dir
