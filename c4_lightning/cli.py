@@ -46,7 +46,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from c4_lightning.algos.base import NonFiniteLossError, OfflineRLModule
 from c4_lightning.data.datamodule import OfflineRLDataModule
 from c4_lightning.evaluation.callback import EvalCallback
-from c4_lightning.reliability import GracefulShutdown, TrainingInterrupted, error_line
+from c4_lightning.reliability import CheckpointWriteError, GracefulShutdown, TrainingInterrupted, error_line
 from c4_lightning.training import resume
 from c4_lightning.training.checkpoint import load_checkpoint
 from c4_lightning.training.loop_state import PeriodicCheckpoint
@@ -431,6 +431,10 @@ def main(args: list[str] | None = None) -> None:
     except TrainingInterrupted as err:
         print(f"{err}", file=sys.stderr)
         sys.exit(err.exit_code)
+    except CheckpointWriteError as err:
+        _print_cause(err)
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
     except NonFiniteLossError as err:
         _print_cause(err)
         print(f"error: {err}", file=sys.stderr)

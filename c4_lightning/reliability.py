@@ -123,6 +123,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._write(checkpoint, path)
+        except OSError as err:  # a full or read-only disk: say what is still intact and how to go on
+            if isinstance(err, CheckpointWriteError):
+                raise
+            raise CheckpointWriteError(path, err) from err
+
+    @staticmethod
+    def _write(checkpoint: dict[str, Any], path: Path) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
         try:
             os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a checkpoint gets the mode any new file would
@@ -145,6 +154,26 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 TMP_SUFFIX = ".tmp"
+
+
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint failed (full disk, read-only folder, ...); the message names the checkpoint that is still
+    intact (the write is atomic) and the resume command."""
+
+    def __init__(self, path: Path, err: OSError):
+        super().__init__(err.errno, err.strerror or str(err))
+        last = path.parent / "last.ckpt"
+        intact = last if last.is_file() else (path if path.is_file() else None)
+        self.intact = intact
+        reason = err.strerror or str(err) or type(err).__name__
+        self.message = (f"cannot write checkpoint {path} ({reason}); "
+                        + (f"{intact} is intact: free space or make {path.parent} writable, then resume with "
+                           f"--ckpt_path {intact}" if intact else
+                           f"no earlier checkpoint exists in {path.parent}: free space or make it writable and "
+                           "start again"))
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def _read_umask() -> int:

@@ -33,3 +33,19 @@ class PoisonBatch(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.at_step:
             batch["rewards"].fill_(float("nan"))
+
+
+class DiskFullFrom(Callback):
+    """From epoch ``epoch`` on, every ``torch.save`` fails as on a full disk (ENOSPC)."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            import torch
+
+            def full(*args, **kwargs):
+                raise OSError(28, "No space left on device")
+
+            torch.save = full

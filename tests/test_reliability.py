@@ -493,3 +493,22 @@ def test_nan_check_off_still_fails_a_run_whose_weights_went_non_finite(tmp_path)
     assert proc.returncode == 3, proc.stderr[-3000:]
     error = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(error) == 1 and "training ended with non-finite weights" in error[0] and "nan_check true" in error[0]
+
+
+def test_a_full_disk_names_the_intact_checkpoint_in_one_line(tmp_path):
+    root = tmp_path / "runs"
+    full = json.dumps([{"class_path": "sweep_helpers.DiskFullFrom", "init_args": {"epoch": 1}}])
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "train.py", "fit", "--config", "configs/td3bc.yaml",
+                           "--trainer.default_root_dir", str(root), "--data.steps_per_epoch", "3",
+                           "--data.batch_size", "32", "--trainer.max_epochs", "3", "--model.init_args.hidden_dims",
+                           "[32,32]", "--trainer.enable_progress_bar", "false", "--trainer.callbacks", full],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "No space left on device" in errors[0], proc.stderr[-3000:]
+    last = next(root.rglob("last.ckpt"))
+    assert f"{last} is intact" in errors[0] and f"resume with --ckpt_path {last}" in errors[0]
+    assert torch.load(last, weights_only=True)["global_step"] == 3  # the end of epoch 0
