@@ -36,7 +36,7 @@ import shutil
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from jsonargparse import ActionConfigFile
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
@@ -244,6 +244,15 @@ class C4LightningCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # one logging interval: the module logs exactly on the steps the Trainer writes to the logger
         parser.link_arguments("trainer.log_every_n_steps", "model.init_args.log_every_n_steps")
+        # evaluation settings as options of the run's one EvalCallback (not a second one added to the list)
+        parser.add_argument("--eval.episodes", type=Optional[int], default=None,
+                            help="episodes per evaluation (EvalCallback.episodes)")
+        parser.add_argument("--eval.every_n_epochs", type=Optional[int], default=None,
+                            help="evaluate every N epochs (EvalCallback.every_n_epochs)")
+        parser.add_argument("--eval.final_window", type=Optional[int], default=None,
+                            help="the final score averages the last N evaluations (EvalCallback.final_window)")
+        parser.add_argument("--eval.seed", type=Optional[int], default=None,
+                            help="seed of the first evaluation episode (EvalCallback.seed)")
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
         check_cpu_devices(config.get("accelerator"), config.get("devices"))
@@ -253,6 +262,7 @@ class C4LightningCLI(LightningCLI):
         if root and "://" not in str(root) and Path(root).exists() and not Path(root).is_dir():
             raise ValueError(f"trainer.default_root_dir={root} is a file, not a folder: pass a folder for the runs")
         configured = list(config.get("callbacks") or []) + list(callbacks)
+        check_one_evaluator(configured)
         extra = []
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in configured):
             extra.append(C4ProgressBar())
@@ -273,6 +283,8 @@ class C4LightningCLI(LightningCLI):
             if isinstance(c, ModelCheckpoint) and not c.save_last:
                 c.save_last = True
         enable_unused_parameter_detection(trainer.strategy)
+        configure_evaluation(trainer, (self.config.get(self.subcommand) or {}).get("eval") if self.subcommand
+                             else self.config.get("eval"))
         return trainer
 
     def _log_dir(self) -> Path | None:
@@ -478,6 +490,30 @@ def check_cpu_devices(accelerator, devices) -> None:
     if n > cores:
         raise ValueError(f"trainer.devices={n} on a CPU would start {n} training processes on this machine's {cores} "
                          f"cores; use --trainer.devices 1 (or at most {cores} with --trainer.strategy ddp)")
+
+
+def check_one_evaluator(callbacks) -> list:
+    """Two evaluators are refused: each would run its own rollouts (e.g. a second one added with ``callbacks+=``)."""
+    evaluators = [c for c in callbacks if isinstance(c, EvalCallback)]
+    if len(evaluators) > 1:
+        raise ValueError(f"{len(evaluators)} EvalCallbacks are configured, and each runs its own evaluation episodes: "
+                         "keep one in trainer.callbacks and set its options with --eval.episodes, "
+                         "--eval.every_n_epochs, ...")
+    return evaluators
+
+
+def configure_evaluation(trainer, options) -> None:
+    """Apply ``--eval.*`` to the run's EvalCallback (one is added when the config has none and an option is given)."""
+    if hasattr(options, "as_dict"):
+        options = options.as_dict()
+    given = {k: v for k, v in dict(options or {}).items() if v is not None}
+    evaluators = check_one_evaluator(trainer.callbacks)
+    if not given:
+        return
+    if evaluators:
+        evaluators[0].configure(**given)
+    else:
+        trainer.callbacks.append(EvalCallback(**given))
 
 
 def check_accelerator(accelerator) -> None:

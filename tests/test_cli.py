@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -348,3 +349,41 @@ def test_default_root_dir_that_is_a_file_is_refused_in_one_line(tmp_path, capsys
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and "is a file, not a folder" in err[0]
     assert afile.read_text() == "x"
+
+
+def _tiny_fit(tmp_path, *extra):
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "fit", "--config", str(REPO / "configs" / "td3bc.yaml"),
+         "--trainer.max_epochs", "2", "--data.steps_per_epoch", "3", "--data.batch_size", "32",
+         "--model.init_args.hidden_dims", "[16,16]", "--trainer.enable_progress_bar", "false",
+         "--trainer.default_root_dir", str(tmp_path), *extra],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_eval_options_set_the_one_evaluator_and_summary_keeps_best_and_final(tmp_path):
+    proc = _tiny_fit(tmp_path, "--eval.episodes", "2", "--eval.every_n_epochs", "1", "--eval.final_window", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(next(tmp_path.rglob("summary.json")).read_text())
+    evals = summary["evaluations"]
+    assert [e["epoch"] for e in evals] == [0, 1] and all(e["episodes"] == 2 for e in evals)
+    assert all(e["episode_length"] >= 1 and e["return_std"] >= 0 for e in evals)
+    best = max(evals, key=lambda e: e["normalized_score"])
+    assert summary["best_normalized_score"] == best["normalized_score"] and summary["best_step"] == best["step"]
+    assert summary["final_normalized_score"] == pytest.approx(np.mean([e["normalized_score"] for e in evals]))
+    saved = yaml.safe_load(next(tmp_path.rglob("config.yaml")).read_text())
+    assert saved["eval"]["episodes"] == 2  # the run's config reproduces it
+
+
+def test_eval_options_add_an_evaluator_when_the_config_has_none(tmp_path):
+    proc = _tiny_fit(tmp_path, "--trainer.callbacks", "[]", "--eval.episodes", "1", "--eval.every_n_epochs", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evals = json.loads(next(tmp_path.rglob("summary.json")).read_text())["evaluations"]
+    assert [(e["epoch"], e["episodes"]) for e in evals] == [(1, 1)]
+
+
+def test_a_second_evaluator_is_refused_in_one_line(tmp_path):
+    proc = _tiny_fit(tmp_path, "--trainer.callbacks+=c4_lightning.evaluation.EvalCallback")
+    assert proc.returncode == 2
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "2 EvalCallbacks are configured" in errors[0] and "--eval.episodes" in errors[0]
+    assert not list(tmp_path.rglob("*.ckpt"))

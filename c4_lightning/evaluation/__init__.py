@@ -1,4 +1,4 @@
 from c4_lightning.evaluation.callback import EvalCallback
-from c4_lightning.evaluation.rollout import evaluate_policy
+from c4_lightning.evaluation.rollout import evaluate_episodes, evaluate_policy
 
-__all__ = ["EvalCallback", "evaluate_policy"]
+__all__ = ["EvalCallback", "evaluate_episodes", "evaluate_policy"]

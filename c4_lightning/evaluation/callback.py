@@ -12,7 +12,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from c4_lightning.data.scores import normalized_score
-from c4_lightning.evaluation.rollout import evaluate_policy
+from c4_lightning.evaluation.rollout import evaluate_episodes
 
 
 def check_env_matches(env_id: str, obs_dim: int, act_dim: int) -> None:
@@ -33,25 +33,38 @@ def check_env_matches(env_id: str, obs_dim: int, act_dim: int) -> None:
 class EvalCallback(Callback):
     """Evaluates the policy every ``every_n_epochs`` epochs on ``episodes`` vectorised episodes.
 
-    Logs ``eval/return``, ``eval/return_std`` and ``eval/normalized_score`` (progress bar shows the latter).
-    The final score is the mean normalised score of the last ``final_window`` evaluations; it is logged as
-    ``eval/final_normalized_score`` and written with the history to ``<log_dir>/summary.json`` at the end of
-    training (``on_train_end``), or at ``on_fit_end`` when a resumed run was already finished and Lightning
-    skipped training and ``on_train_end``.
+    Logs ``eval/return`` (mean over the episodes), ``eval/return_std``, ``eval/episode_length`` and
+    ``eval/normalized_score`` (progress bar shows the latter). The final score is the mean normalised score of the
+    last ``final_window`` evaluations; it is logged as ``eval/final_normalized_score`` and written with the best
+    evaluation and the history to ``<log_dir>/summary.json`` at the end of training (``on_train_end``), or at
+    ``on_fit_end`` when a resumed run was already finished and Lightning skipped training and ``on_train_end``.
+    From the command line: ``--eval.episodes``, ``--eval.every_n_epochs``, ``--eval.final_window``, ``--eval.seed``
+    set the options of the run's one ``EvalCallback`` (added when the config has none).
     An env that raises during an evaluation is reported (``eval/failures``) and training continues.
     """
 
+    OPTIONS = ("every_n_epochs", "episodes", "final_window", "seed")
+    """What ``--eval.<option>`` sets."""
+
     def __init__(self, every_n_epochs: int = 1, episodes: int = 10, seed: int = 10_000, final_window: int = 10,
                  env_id: str | None = None, max_envs: int = 10):
-        if every_n_epochs < 1 or episodes < 1 or final_window < 1:
-            raise ValueError("EvalCallback: every_n_epochs, episodes and final_window must be >= 1")
-        self.every_n_epochs, self.episodes, self.seed = every_n_epochs, episodes, seed
-        self.final_window, self.env_id, self.max_envs = final_window, env_id, max_envs
+        self.env_id, self.max_envs = env_id, max_envs
+        self.configure(every_n_epochs=every_n_epochs, episodes=episodes, seed=seed, final_window=final_window)
         self.history: list[dict] = []
         self.failures = 0
         self._ref: tuple[float, float] | None = None
         self._log_dir: str | None = None
         self._summary_written = False
+
+    def configure(self, **options) -> None:
+        """Set any of :attr:`OPTIONS` (checked: counts >= 1)."""
+        unknown = set(options) - set(self.OPTIONS)
+        if unknown:
+            raise ValueError(f"EvalCallback has no option {', '.join(sorted(unknown))} (options: {', '.join(self.OPTIONS)})")
+        for name, value in options.items():
+            if name != "seed" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"eval.{name}={value!r} must be an integer >= 1")
+            setattr(self, name, int(value))
 
     # ------------------------------------------------------------------ setup
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -64,7 +77,8 @@ class EvalCallback(Callback):
         check_env_matches(self.env_id, dm.obs_dim, dm.act_dim)
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, pl_module) -> np.ndarray:
+    def evaluate(self, pl_module) -> tuple[np.ndarray, np.ndarray]:
+        """``(returns, lengths)`` of ``episodes`` deterministic episodes."""
         def policy(obs: np.ndarray) -> np.ndarray:
             with torch.no_grad():
                 act = pl_module.act(torch.as_tensor(obs, dtype=torch.float32, device=pl_module.device))
@@ -73,7 +87,7 @@ class EvalCallback(Callback):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            return evaluate_policy(policy, self.env_id, self.episodes, self.seed, self.max_envs)
+            return evaluate_episodes(policy, self.env_id, self.episodes, self.seed, self.max_envs)
         finally:
             pl_module.train(was_training)
 
@@ -84,9 +98,10 @@ class EvalCallback(Callback):
         if trainer.is_global_zero:
             t0 = time.perf_counter()
             try:
-                rets = self.evaluate(pl_module)
+                rets, lengths = self.evaluate(pl_module)
                 result = {"epoch": trainer.current_epoch, "step": trainer.global_step,
                           "return": float(rets.mean()), "return_std": float(rets.std()),
+                          "episode_length": float(lengths.mean()), "episodes": int(len(rets)),
                           "seconds": time.perf_counter() - t0}
                 if self._ref is not None:
                     result["normalized_score"] = float(normalized_score(rets.mean(), *self._ref))
@@ -101,6 +116,8 @@ class EvalCallback(Callback):
         self.history.append(result)
         pl_module.log("eval/return", result["return"], rank_zero_only=True)
         pl_module.log("eval/return_std", result["return_std"], rank_zero_only=True)
+        if "episode_length" in result:
+            pl_module.log("eval/episode_length", result["episode_length"], rank_zero_only=True)
         if "normalized_score" in result:
             pl_module.log("eval/normalized_score", result["normalized_score"], prog_bar=True, rank_zero_only=True)
 
@@ -113,10 +130,18 @@ class EvalCallback(Callback):
         rets = [h["return"] for h in self.history]
         return float(np.mean(rets[-self.final_window:])) if rets else None
 
+    def best(self) -> dict | None:
+        """The evaluation with the highest normalised score (highest return without reference scores)."""
+        key = "normalized_score" if any("normalized_score" in h for h in self.history) else "return"
+        scored = [h for h in self.history if key in h]
+        return max(scored, key=lambda h: h[key]) if scored else None
+
     def summary(self) -> dict:
+        best = self.best() or {}
         return {"env_id": self.env_id, "final_normalized_score": self.final_score(),
                 "final_return": self.final_return(), "final_window": self.final_window,
-                "evaluations": self.history, "eval_failures": self.failures}
+                "best_normalized_score": best.get("normalized_score"), "best_return": best.get("return"),
+                "best_step": best.get("step"), "evaluations": self.history, "eval_failures": self.failures}
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._summary_written = False
