@@ -297,12 +297,27 @@ class C4LightningCLI(LightningCLI):
         evals = [c for c in self.trainer.callbacks if isinstance(c, EvalCallback)]
         score = evals[0].final_score() if evals else None
         ckpt = next((c.last_model_path for c in self.trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
-        print(f"\nTensorBoard logs: {log_dir}  (tensorboard --logdir {log_dir.parent if log_dir else '.'})")
+        print("\n" + logs_line(self.trainer.loggers, log_dir))
         if ckpt:
             print(f"last checkpoint: {ckpt}")
         if score is not None:
             print(f"final normalized score (mean of last {min(len(evals[0].history), evals[0].final_window)} "
                   f"evaluations): {score:.2f}")
+
+
+def logs_line(loggers, log_dir: Path | None) -> str:
+    """Where the run's logs are, in the words of its logger (TensorBoard, CSV, or any other)."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    logger = loggers[0] if loggers else None
+    if logger is None:
+        return "no logger (--trainer.logger false)"
+    if isinstance(logger, TensorBoardLogger):
+        return f"TensorBoard logs: {log_dir}  (tensorboard --logdir {log_dir.parent if log_dir else '.'})"
+    if isinstance(logger, CSVLogger):
+        return f"CSV logs: {Path(logger.log_dir) / 'metrics.csv'} (images in {Path(logger.log_dir) / 'images'})"
+    where = getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None) or log_dir
+    return f"{type(logger).__name__} logs: {where}"
 
 
 def _has_omegaconf() -> bool:

@@ -387,3 +387,21 @@ def test_a_second_evaluator_is_refused_in_one_line(tmp_path):
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "2 EvalCallbacks are configured" in errors[0] and "--eval.episodes" in errors[0]
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_a_csv_logger_gets_metrics_cluster_images_and_the_real_log_location(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "fit", "--config", str(REPO / "configs" / "td3bc_c4.yaml"),
+         "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path),
+         "--trainer.max_epochs", "1", "--data.steps_per_epoch", "4", "--data.batch_size", "32",
+         "--model.init_args.hidden_dims", "[16,16]", "--model.c4.pca_dim", "4", "--model.c4.refit_every_n_updates",
+         "2", "--trainer.log_every_n_steps", "2", "--eval.episodes", "1", "--trainer.enable_progress_bar", "false",
+         "--trainer.default_root_dir", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = next(tmp_path.rglob("metrics.csv"))
+    assert f"CSV logs: {metrics}" in proc.stdout and "TensorBoard" not in proc.stdout
+    header = metrics.read_text().splitlines()[0]
+    assert "train/critic_loss" in header and "c4/cluster_size_0" in header and "eval/normalized_score" in header
+    images = sorted(p.name for p in (metrics.parent / "images").glob("*.png"))
+    assert images == ["c4_clusters_step0.png", "c4_clusters_step2.png"]  # the initial partition and one per refit

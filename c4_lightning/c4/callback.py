@@ -6,7 +6,6 @@ import time
 import numpy as np
 import torch
 from lightning.pytorch import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
 from c4_lightning.c4.clustering import (ClusterFitError, ClusterModel, _subsample_index, fit_partition, project_2d,
@@ -15,11 +14,13 @@ from c4_lightning.c4.features import CriticFeatureRows
 from c4_lightning.c4.metrics import within_cluster_summary
 from c4_lightning.c4.plugin import trajectory_tail_members  # noqa: F401  (re-exported: older imports)
 from c4_lightning.c4.plots import cluster_scatter_figure, figure_to_image
+from c4_lightning.training.images import log_image
 from c4_lightning.reliability import check_cluster_sampling
 
 
 def cluster_scatter_image(features, model: ClusterModel, labels: np.ndarray, sources: np.ndarray,
-                          source_names: list[str], max_points: int = 5000, seed: int = 0) -> np.ndarray:
+                          source_names: list[str], max_points: int = 5000, seed: int = 0,
+                          title: str | None = None) -> np.ndarray:
     """The ``c4/clusters`` TensorBoard image (HWC uint8): PCA scatter of at most ``max_points`` rows, by cluster
     and by source.
 
@@ -30,8 +31,11 @@ def cluster_scatter_image(features, model: ClusterModel, labels: np.ndarray, sou
         raise ValueError(f"max_points must be a positive int, got {max_points!r}")
     labels, sources = np.asarray(labels), np.asarray(sources)
     idx = _subsample_index(labels.shape[0], max_points, seed)
+    n_clusters = int(labels.max()) + 1 if labels.size else 0
     fig = cluster_scatter_figure(project_2d(features, model, rows=idx), labels[idx], sources[idx], source_names,
-                                 max_points=max_points, seed=seed)
+                                 max_points=max_points, seed=seed, title=title,
+                                 cluster_sizes=np.bincount(labels, minlength=n_clusters).tolist(),  # all N rows
+                                 source_sizes=np.bincount(sources, minlength=len(source_names)).tolist())
     return figure_to_image(fig)
 
 
@@ -115,10 +119,14 @@ class ClusterRefitCallback(Callback):
                 labels, model = self._fit(features, pl_module)
                 result = (labels, model)
                 self.last_seconds = time.perf_counter() - t0
-                if self.log_scatter and any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers):
+                if self.log_scatter and trainer.loggers:
                     dm = trainer.datamodule
+                    space = ("standardised raw (s, a)" if initial else
+                             f"critic features ({self._cfg(pl_module).feature}) [phi(s,a), phi_bar(s',a')]")
+                    title = (f"C4 partition {self.refits + 1} at update {trainer.global_step} (epoch "
+                             f"{trainer.current_epoch}), {len(labels):,} transitions; features: {space}")
                     image = cluster_scatter_image(features, model, labels, dm.sources.cpu().numpy(),
-                                                  dm.source_names, max_points=self.scatter_points)
+                                                  dm.source_names, max_points=self.scatter_points, title=title)
             except ClusterFitError as err:
                 self.failures += 1
                 rank_zero_warn(f"C4 refit at epoch {trainer.current_epoch} failed ({err}); "
@@ -162,11 +170,8 @@ class ClusterRefitCallback(Callback):
             metrics["c4/sampleable_share"] = float(sizes[active].sum() / sizes.sum()) if sizes.sum() > 0 else 0.0
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
-        if image is None:
-            return
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("c4/clusters", image, trainer.global_step, dataformats="HWC")
+        if image is not None:
+            log_image(trainer.loggers, "c4/clusters", image, trainer.global_step)
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer, pl_module, stage: str) -> None:
