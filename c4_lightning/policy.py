@@ -64,21 +64,18 @@ class Policy:
                 f"device={self.device})")
 
 
-def algorithm_classes() -> dict:
-    from c4_lightning.algos import CQL, TD3BC
-
-    return {"TD3BC": TD3BC, "CQL": CQL}
-
-
 def load_policy(ckpt: str | Path, map_location: str | torch.device = "cpu") -> Policy:
-    """Load the actor (and its normalisation) of a TD3BC or CQL checkpoint written by ``train.py``, the
-    Python API (``trainer.save_checkpoint``) or a graceful stop."""
+    """Load the actor (and its normalisation) of a checkpoint of any registered algorithm written by ``train.py``,
+    the Python API (``trainer.save_checkpoint``) or a graceful stop."""
+    from c4_lightning.algos.registry import algorithm_classes
+
     path = Path(ckpt)
     checkpoint = load_checkpoint(path, map_location=map_location)  # never runs code from the file
     info = checkpoint.get("c4_lightning") if isinstance(checkpoint, dict) else None
     classes = algorithm_classes()
     if not info or info.get("algo") not in classes:
-        raise ValueError(f"checkpoint {path} was not written by a c4_lightning TD3BC/CQL run")
+        raise ValueError(f"checkpoint {path} was not written by a c4_lightning run of a registered algorithm "
+                         f"({', '.join(classes)})")
     module = classes[info["algo"]].load_from_checkpoint(path, map_location=map_location, weights_only=True)
     ref = info.get("ref_scores")
     return Policy(module, info.get("env_id"), tuple(ref) if ref else None)

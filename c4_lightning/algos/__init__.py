@@ -1,4 +1,7 @@
-from c4_lightning.algos.cql import CQL
-from c4_lightning.algos.td3bc import TD3BC
+"""Offline-RL algorithms as LightningModules (every one registered in :mod:`c4_lightning.algos.registry`)."""
+from c4_lightning.algos.base import OfflineRLModule
+from c4_lightning.algos.registry import ALGORITHMS, algorithm_class, algorithm_classes
 
-__all__ = ["TD3BC", "CQL"]
+globals().update(algorithm_classes())  # c4_lightning.algos.TD3BC, .CQL, ... (and --model NAME in the CLI)
+
+__all__ = ["OfflineRLModule", "ALGORITHMS", "algorithm_class", "algorithm_classes", *ALGORITHMS]

@@ -99,6 +99,17 @@ class OfflineRLModule(L.LightningModule):
             for net in self.compiled_networks():
                 net.compile(dynamic=True)  # one graph for every batch shape (TD batch, CQL repeats, probe, refit)
 
+    # ------------------------------------------------------------------ the backup (C4's target side)
+    def backup_network(self) -> nn.Module:
+        """The network whose value at the next state enters the TD target: C4 pairs its features there with the online
+        critic's at ``(s, a)``. The target critic here (TD3+BC, CQL: ``Q_target(s', a')``); IQL: ``V(s')``."""
+        return self.critic_target
+
+    def backup_input(self, next_obs: torch.Tensor, next_actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``(obs, act)`` inputs of :meth:`backup_network` at the dataset's next step (``act`` may have width 0
+        for a state-value network)."""
+        return next_obs, next_actions
+
     def compiled_networks(self) -> list[nn.Module]:
         return [self.actor, self.critic]
 
@@ -257,16 +268,18 @@ class OfflineRLModule(L.LightningModule):
 
     @torch.no_grad()
     def probe_features(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """phi(s,a) of the online critic and phi_bar(s',a') of the target critic on the fixed probe set, float32
-        ``[E, P, H]`` each (dataset next actions)."""
+        """phi(s,a) of the online critic and phi_bar of the backup network (:meth:`backup_network`) at the next step on
+        the fixed probe set, float32 ``[E, P, H]`` each (dataset next actions; a one-member backup is repeated)."""
         # setup() runs before Lightning moves the module to its device: follow the module (no-op on CPU)
         p = self._probe = {k: v.to(self.device, non_blocking=True) for k, v in self._probe.items()}
         feats, next_feats = [], []
         for start in range(0, p["obs"].shape[0], 1024):
             sl = slice(start, start + 1024)
             feats.append(self.critic(p["obs"][sl], p["act"][sl], return_features=True)[1].float())
-            next_feats.append(self.critic_target(p["next_obs"][sl], p["next_act"][sl], return_features=True)[1].float())
-        return torch.cat(feats, dim=1), torch.cat(next_feats, dim=1)
+            next_feats.append(self.backup_network()(*self.backup_input(p["next_obs"][sl], p["next_act"][sl]),
+                                                    return_features=True)[1].float())
+        feats, next_feats = torch.cat(feats, dim=1), torch.cat(next_feats, dim=1)
+        return feats, next_feats.expand(feats.shape[0], -1, -1) if next_feats.shape[0] == 1 else next_feats
 
     @torch.no_grad()
     def probe_cross_covariance(self) -> dict[str, torch.Tensor]:

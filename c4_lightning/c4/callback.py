@@ -92,7 +92,8 @@ class ClusterRefitCallback(Callback):
         other row once, block by block) instead of materialising ``[N, 2H]``. Use it while the critics are
         unchanged and the module is in eval mode (:meth:`partition` does both)."""
         obs, act, next_obs, next_act = trainer.datamodule.features_input()
-        return CriticFeatureRows(pl_module.critic, pl_module.critic_target, obs, act, next_obs, next_act,
+        return CriticFeatureRows(pl_module.critic, pl_module.backup_network(), obs, act,
+                                 *pl_module.backup_input(next_obs, next_act),
                                  kind=self._cfg(pl_module).feature)
 
     def _fit(self, features, pl_module) -> tuple[np.ndarray, ClusterModel]:

@@ -105,10 +105,10 @@ def clustering_features(
     _check_obs_act(obs, act, "obs", "act")
     _check_obs_act(next_obs, next_act, "next_obs", "next_act")
     n = obs.shape[0]
-    if next_obs.shape != obs.shape or next_act.shape != act.shape:
+    if next_obs.shape[0] != n or next_act.shape[0] != n:
         raise ValueError(
-            f"next_obs/next_act must have the shapes of obs/act ({tuple(obs.shape)}, {tuple(act.shape)}), got "
-            f"{tuple(next_obs.shape)} and {tuple(next_act.shape)}"
+            f"next_obs/next_act must have the rows of obs/act ({n}), got {tuple(next_obs.shape)} and "
+            f"{tuple(next_act.shape)}"
         )
     if n == 0:
         raise ValueError("obs has no rows; pass at least one transition")
@@ -134,12 +134,13 @@ def clustering_features(
             sl = slice(start, min(start + chunk_size, n))
             o, a = obs[sl].to(device=device, dtype=dtype), act[sl].to(device=device, dtype=dtype)
             phi = phi_of(critic, o, a)
+            no, na = next_obs[sl].to(device=device, dtype=dtype), next_act[sl].to(device=device, dtype=dtype)
+            phi_next = phi_of(target_critic, no, na)
             if out is None:
                 f = phi.shape[-1]
-                out = torch.empty(n, 2 * f, dtype=torch.float32)
+                out = torch.empty(n, f + phi_next.shape[-1], dtype=torch.float32)
             out[sl, :f] = phi  # written in place (one copy, cast included): no [rows, 2F] concatenation
-            no, na = next_obs[sl].to(device=device, dtype=dtype), next_act[sl].to(device=device, dtype=dtype)
-            out[sl, f:] = phi_of(target_critic, no, na)
+            out[sl, f:] = phi_next
     assert out is not None
     return out
 
@@ -164,10 +165,10 @@ class CriticFeatureRows:
                  chunk_size: int | None = None):
         _check_obs_act(obs, act, "obs", "act")
         _check_obs_act(next_obs, next_act, "next_obs", "next_act")
-        if next_obs.shape != obs.shape or next_act.shape != act.shape:
+        if next_obs.shape[0] != obs.shape[0] or next_act.shape[0] != act.shape[0]:
             raise ValueError(
-                f"next_obs/next_act must have the shapes of obs/act ({tuple(obs.shape)}, {tuple(act.shape)}), got "
-                f"{tuple(next_obs.shape)} and {tuple(next_act.shape)}"
+                f"next_obs/next_act must have the rows of obs/act ({obs.shape[0]}), got {tuple(next_obs.shape)} and "
+                f"{tuple(next_act.shape)}"
             )
         self.critic, self.target_critic, self.kind, self.chunk_size = critic, target_critic, kind, chunk_size
         self._data = (obs, act, next_obs, next_act)

@@ -32,15 +32,21 @@ from c4_lightning.c4.penalty import PENALTIES, PenaltySpec
 @runtime_checkable
 class C4Module(Protocol):
     """What C4 needs from an algorithm: twin critics as ``CriticEnsemble``s (``critic(obs, act,
-    return_features=True) -> (q [E, B], phi [E, B, H])``, a ``head`` whose ``weight`` is ``[E, H, 1]``), a
-    ``will_log()`` telling whether the current update's metrics reach the loggers, and for the diagnostics
-    ``probe_features()`` (online and target features on a fixed probe set) with ``probe_index`` (its dataset rows)."""
+    return_features=True) -> (q [E, B], phi [E, B, H])``, a ``head`` whose ``weight`` is ``[E, H, 1]``), the
+    ``backup_network()`` whose features at the next step C4 pairs with the critic's (the target critic, or IQL's
+    value network) with its inputs ``backup_input(next_obs, next_actions)``, a ``will_log()`` telling whether the
+    current update's metrics reach the loggers, and for the diagnostics ``probe_features()`` (online and backup
+    features on a fixed probe set) with ``probe_index`` (its dataset rows)."""
 
     critic: torch.nn.Module
     critic_target: torch.nn.Module
     probe_index: torch.Tensor | None
 
     def will_log(self) -> bool: ...
+
+    def backup_network(self) -> torch.nn.Module: ...
+
+    def backup_input(self, next_obs: torch.Tensor, next_actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def probe_features(self) -> tuple[torch.Tensor, torch.Tensor]: ...
 
@@ -157,17 +163,19 @@ class C4:
                next_feats: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The (online, target) pair the active penalty is computed on; the target side carries no gradient."""
         kind = self.spec.inputs
+        backup = module.backup_network()
+        next_inputs = module.backup_input(batch["next_observations"], batch["next_actions"])
         if kind == "input_gradients":
             grad = input_gradients(module.critic, batch["observations"], batch["actions"], create_graph=True)
-            grad_next = input_gradients(module.critic_target, batch["next_observations"], batch["next_actions"])
-            return grad, grad_next
+            return grad, input_gradients(backup, *next_inputs)
         if next_feats is None:
             with torch.no_grad():
-                _, next_feats = module.critic_target(batch["next_observations"], batch["next_actions"],
-                                                     return_features=True)
+                _, next_feats = backup(*next_inputs, return_features=True)
         if kind == "head_weighted":
-            w, w_next = head_weights(module.critic), head_weights(module.critic_target).detach()
-            return feats * w.to(feats.dtype), next_feats * w_next.to(next_feats.dtype)
+            w, w_next = head_weights(module.critic), head_weights(backup).detach()
+            feats, next_feats = feats * w.to(feats.dtype), next_feats * w_next.to(next_feats.dtype)
+        if next_feats.shape[0] == 1 and feats.shape[0] > 1:  # a one-member backup (IQL's V) pairs with every critic
+            next_feats = next_feats.expand(feats.shape[0], *next_feats.shape[1:])
         return feats, next_feats
 
     # ------------------------------------------------------------------ partition
