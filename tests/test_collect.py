@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from c4_lightning.data import collect
+from c4_lightning import collect
 from c4_lightning.data.scores import REF_SCORES
 
 pytest.importorskip("stable_baselines3")
@@ -285,8 +285,8 @@ def test_replay_buffer_episodes_boundaries_alignment_and_actions():
 
 
 def test_take_whole_episodes_cuts_only_the_last():
-    eps = [collect._episode(np.zeros((n + 1, 2)), np.zeros((n, 1)), np.ones(n), [False] * (n - 1) + [True],
-                            [False] * n) for n in (5, 7, 3, 9)]
+    eps = [collect.make_episode(np.zeros((n + 1, 2)), np.zeros((n, 1)), np.ones(n), [False] * (n - 1) + [True],
+                                [False] * n) for n in (5, 7, 3, 9)]
     drawn = collect.take_whole_episodes(eps, 12, np.random.default_rng(0))
     assert sum(len(e.rewards) for _, e, _ in drawn) == 12
     assert [c for _, _, c in drawn][:-1] == [False] * (len(drawn) - 1)
@@ -343,7 +343,7 @@ def test_missing_stable_baselines3_message(monkeypatch, tmp_path):
         collect.main(["record", "--env", ENV, "--out-dir", str(tmp_path), "--datasets-dir", str(tmp_path)])
     code = ("import runpy, sys; sys.modules['stable_baselines3'] = None; "
             f"sys.argv = ['c4-collect', 'train', '--env', '{ENV}', '--out-dir', {str(tmp_path)!r}]; "
-            "runpy.run_module('c4_lightning.data.collect', run_name='__main__')")
+            "runpy.run_module('c4_lightning.collect', run_name='__main__')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "Stable-Baselines3" in proc.stderr and "pip install" in proc.stderr
