@@ -27,13 +27,19 @@ OBS, ACT, B = 5, 2, 64
 
 
 class _Module:
-    """The two attributes (and the logging question) C4's penalty needs from an algorithm."""
+    """What C4's penalty needs from an algorithm: the critics, the backup pair and the logging question."""
 
     def __init__(self, critic, critic_target):
         self.critic, self.critic_target = critic, critic_target
 
     def will_log(self) -> bool:
         return True
+
+    def backup_network(self):
+        return self.critic_target
+
+    def backup_input(self, next_obs, next_actions):
+        return next_obs, next_actions
 
 
 def _batch(seed: int = 0, dtype=torch.float64) -> dict[str, torch.Tensor]:

@@ -51,37 +51,37 @@ class CQL(OfflineRLModule):
 
     def __init__(
         self,
-        obs_dim: int | None = None,
-        act_dim: int | None = None,
-        max_action: float = 1.0,
-        policy_lr: float = 3e-5,
-        qf_lr: float = 3e-4,
-        hidden_dims: tuple[int, ...] = (256, 256, 256),
-        gamma: float = 0.99,
-        tau: float = 5e-3,
-        target_entropy: float | None = None,
-        alpha_multiplier: float = 1.0,
-        automatic_entropy_tuning: bool = True,
-        backup_entropy: bool = False,
-        cql_n_actions: int = 10,
-        cql_importance_sample: bool = True,
-        cql_lagrange: bool = False,
-        cql_target_action_gap: float = -1.0,
-        cql_temp: float = 1.0,
-        cql_alpha: float = 10.0,
-        cql_max_target_backup: bool = False,
-        cql_clip_diff_min: float = -math.inf,
-        cql_clip_diff_max: float = math.inf,
-        orthogonal_init: bool = True,
-        bc_steps: int = 0,
-        bc_weight: float = 0.0,
-        critic_layer_norm: bool = False,
-        c4: C4Config | None = None,
-        probe_size: int = 2048,
-        log_every_n_steps: int = 50,
-        nan_check: bool = True,
-        compile: bool = False,
-        fused_adam: bool = True,
+        obs_dim: int | None = None,  # None: from the data
+        act_dim: int | None = None,  # None: from the data
+        max_action: float = 1.0,  # actions are max_action * tanh(.)
+        policy_lr: float = 3e-5,  # actor learning rate
+        qf_lr: float = 3e-4,  # critic learning rate
+        hidden_dims: tuple[int, ...] = (256, 256, 256),  # hidden layers of every network
+        gamma: float = 0.99,  # discount
+        tau: float = 5e-3,  # target networks' Polyak rate
+        target_entropy: float | None = None,  # None: -act_dim
+        alpha_multiplier: float = 1.0,  # scales the entropy temperature
+        automatic_entropy_tuning: bool = True,  # learn the entropy temperature
+        backup_entropy: bool = False,  # entropy term in the TD target
+        cql_n_actions: int = 10,  # sampled actions per state and source
+        cql_importance_sample: bool = True,  # subtract the samples' log-densities
+        cql_lagrange: bool = False,  # tune the CQL weight to a target gap
+        cql_target_action_gap: float = -1.0,  # the Lagrange target gap
+        cql_temp: float = 1.0,  # logsumexp temperature
+        cql_alpha: float = 10.0,  # CQL regulariser weight
+        cql_max_target_backup: bool = False,  # max over sampled next actions in the backup
+        cql_clip_diff_min: float = -math.inf,  # clip of the per-sample gap (low)
+        cql_clip_diff_max: float = math.inf,  # clip of the per-sample gap (high)
+        orthogonal_init: bool = True,  # orthogonal hidden layers, small last layer
+        bc_steps: int = 0,  # behaviour-cloning updates of the actor first
+        bc_weight: float = 0.0,  # weight of -log pi(a_data|s) in the actor loss
+        critic_layer_norm: bool = False,  # LayerNorm in the critics' hidden layers (C4 authors)
+        c4: C4Config | None = None,  # the C4 option group (off: the exact baseline)
+        probe_size: int = 2048,  # transitions of the cross-covariance probe set
+        log_every_n_steps: int = 50,  # logging interval (linked to the Trainer's)
+        nan_check: bool = True,  # stop before a non-finite loss reaches the weights
+        compile: bool = False,  # torch.compile the networks
+        fused_adam: bool = True,  # PyTorch's fused Adam kernel
     ):
         super().__init__(obs_dim, act_dim, max_action, c4, probe_size, log_every_n_steps, nan_check, compile,
                          fused_adam)

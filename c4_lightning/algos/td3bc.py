@@ -28,27 +28,27 @@ class TD3BC(OfflineRLModule):
 
     def __init__(
         self,
-        obs_dim: int | None = None,
-        act_dim: int | None = None,
-        max_action: float = 1.0,
-        actor_lr: float = 3e-4,
-        critic_lr: float = 3e-4,
-        hidden_dims: tuple[int, ...] = (256, 256),
-        gamma: float = 0.99,
-        tau: float = 0.005,
-        alpha: float = 2.5,
-        policy_noise: float = 0.2,
-        noise_clip: float = 0.5,
-        policy_delay: int = 2,
-        q_normalizer: str = "batch",
-        q_normalizer_momentum: float = 0.99,
-        critic_layer_norm: bool = False,
-        c4: C4Config | None = None,
-        probe_size: int = 2048,
-        log_every_n_steps: int = 50,
-        nan_check: bool = True,
-        compile: bool = False,
-        fused_adam: bool = True,
+        obs_dim: int | None = None,  # None: from the data
+        act_dim: int | None = None,  # None: from the data
+        max_action: float = 1.0,  # actions are max_action * tanh(.)
+        actor_lr: float = 3e-4,  # actor learning rate
+        critic_lr: float = 3e-4,  # critic learning rate
+        hidden_dims: tuple[int, ...] = (256, 256),  # hidden layers of every network
+        gamma: float = 0.99,  # discount
+        tau: float = 0.005,  # target networks' Polyak rate
+        alpha: float = 2.5,  # BC trade-off: -alpha/mean|Q| Q(s,pi) + (pi-a)^2
+        policy_noise: float = 0.2,  # target policy smoothing noise
+        noise_clip: float = 0.5,  # its clip
+        policy_delay: int = 2,  # critic updates per actor update
+        q_normalizer: str = "batch",  # mean|Q| per batch (TD3+BC) or running average
+        q_normalizer_momentum: float = 0.99,  # the running average's momentum
+        critic_layer_norm: bool = False,  # LayerNorm in the critics' hidden layers (C4 authors)
+        c4: C4Config | None = None,  # the C4 option group (off: the exact baseline)
+        probe_size: int = 2048,  # transitions of the cross-covariance probe set
+        log_every_n_steps: int = 50,  # logging interval (linked to the Trainer's)
+        nan_check: bool = True,  # stop before a non-finite loss reaches the weights
+        compile: bool = False,  # torch.compile the networks
+        fused_adam: bool = True,  # PyTorch's fused Adam kernel
     ):
         super().__init__(obs_dim, act_dim, max_action, c4, probe_size, log_every_n_steps, nan_check, compile,
                          fused_adam)
