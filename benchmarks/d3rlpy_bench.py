@@ -59,8 +59,8 @@ def transitions_to_mdp_arrays(obs, act, rew, next_obs, next_act, terminals, last
     open_end = terminals[ends] < 0.5  # episodes that bootstrap at their last step: one extra row each
     m = n + int(open_end.sum())
     out = {"observations": np.empty((m, obs.shape[1]), np.float32), "actions": np.empty((m, act.shape[1]), np.float32),
-           "rewards": np.zeros(m, np.float32), "terminals": np.zeros(m, np.float32), "timeouts": np.zeros(m, np.float32),
-           "row_of": np.empty(n, np.int64)}
+           "rewards": np.zeros(m, np.float32), "terminals": np.zeros(m, np.float32),
+           "timeouts": np.zeros(m, np.float32), "row_of": np.empty(n, np.int64)}
     r = 0
     for s, e, extra in zip(starts, ends, open_end):
         length = e - s + 1

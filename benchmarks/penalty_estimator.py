@@ -1,7 +1,8 @@
 """The C4 penalty on a sub-batch (``model.c4.penalty_rows``) against the exact batch penalty: bias, spread and
 gradient agreement, and the cost per call, on a trained critic.
 
-    python benchmarks/penalty_estimator.py --ckpt runs/sweeps/c4_evidence/baseline__mix10k__s0/logs/checkpoints/last.ckpt
+    python benchmarks/penalty_estimator.py \\
+        --ckpt runs/sweeps/c4_evidence/baseline__mix10k__s0/logs/checkpoints/last.ckpt
 
 For ``--batches`` single batches of 256 rows drawn uniformly from the dataset the checkpoint trained on, each
 penalty is computed on all 256 rows (exact) and on the first m rows (m in ``--rows``). Reported per penalty and m:
@@ -88,13 +89,15 @@ def main(argv=None) -> dict:
                             "grad_cosine": statistics.fmean(cos), "ms": 1e3 * statistics.median(times),
                             "ms_over_exact": statistics.median(times) / statistics.median(exact_times)})
     print(f"# {args.ckpt}: {args.batches} batches of 256 (uniform), critic {type(module).__name__}")
-    print("| penalty | rows | mean / exact mean | CV over batches | grad cosine to exact | marginal ms per update | cost / exact |")
+    print("| penalty | rows | mean / exact mean | CV over batches | grad cosine to exact | marginal ms per update "
+          "| cost / exact |")
     print("|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['penalty']} | {r['rows']} | {r['mean_over_exact']:.3f} | {r['cv']:.3f} | {r['grad_cosine']:.3f} | "
               f"{r['ms']:.2f} | {r['ms_over_exact']:.2f} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"ckpt": args.ckpt, "batches": args.batches, "results": results}, indent=1))
+        Path(args.json).write_text(
+            json.dumps({"ckpt": args.ckpt, "batches": args.batches, "results": results}, indent=1))
     return {"results": results}
 
 

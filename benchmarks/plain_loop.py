@@ -87,7 +87,8 @@ class PlainCQL:
             obs_rep, next_obs_rep = obs.repeat_interleave(n, 0), next_obs.repeat_interleave(n, 0)
             a_curr, logp_curr = self.actor(obs_rep)
             a_next, logp_next = self.actor(next_obs_rep)
-            a_rand = torch.empty(B * n, A, device=obs.device, dtype=obs.dtype).uniform_(-self.max_action, self.max_action)
+            a_rand = torch.empty(B * n, A, device=obs.device, dtype=obs.dtype).uniform_(
+                -self.max_action, self.max_action)
             a_backup, _ = self.actor(next_obs)  # every sample from the pre-update policy (CORL, Kumar et al.)
         new_act, log_pi = self.actor(obs)
         alpha_loss = -(self.log_alpha * (log_pi.detach() + self.target_entropy)).mean()

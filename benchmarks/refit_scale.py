@@ -53,7 +53,8 @@ def parse_args(argv=None):
                     help="embedded dataset used for the size equal to its length ('' = synthetic only)")
     ap.add_argument("--ups", type=float, default=None, help="TD3BC+C4 updates/s to use (skips the rate measurement)")
     ap.add_argument("--throughput-json", default=None, help="take the rate from throughput.py --json output")
-    ap.add_argument("--ups-steps", type=int, default=None, help="timed updates of the rate measurement (default 300, quick 40)")
+    ap.add_argument("--ups-steps", type=int, default=None,
+                    help="timed updates of the rate measurement (default 300, quick 40)")
     ap.add_argument("--scatter", action="store_true", help="also time the TensorBoard scatter image of a refit")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)

@@ -49,14 +49,17 @@ NAMES = {"td3bc": "TD3+BC", "cql": "CQL"}
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description="Gradient updates per second: Lightning (C4 on/off) vs plain loop vs d3rlpy",
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="tiny budgets (< 3 min): 40/8 timed steps, 2 repeats, lean only")
+    ap = argparse.ArgumentParser(
+        description="Gradient updates per second: Lightning (C4 on/off) vs plain loop vs d3rlpy",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny budgets (< 3 min): 40/8 timed steps, 2 repeats, lean only")
     ap.add_argument("--steps", type=int, default=None, help="timed TD3+BC updates per run (default 2000; quick 40)")
     ap.add_argument("--cql-steps", type=int, default=None, help="timed CQL updates per run (default steps // 8)")
     ap.add_argument("--warmup", type=int, default=None,
                     help="untimed updates before timing (default 50, quick 5; CQL uses max(2, warmup // 5))")
-    ap.add_argument("--repeats", type=int, default=None, help="runs per contender, median reported (default 3, quick 2)")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="runs per contender, median reported (default 3, quick 2)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for every contender (default 1)")
     ap.add_argument("--modes", default=None, help="Trainer settings to time: lean,default (default both; quick: lean)")
     ap.add_argument("--algos", default="td3bc,cql", help="comma list of td3bc,cql")
@@ -68,7 +71,8 @@ def parse_args(argv=None):
     ap.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     ap.add_argument("--no-d3rlpy", action="store_true", help="skip d3rlpy")
     ap.add_argument("--d3rlpy-python", default=None,
-                    help="python with d3rlpy==2.8.0 (default: this python if it has d3rlpy, else /work/venv-bench/bin/python)")
+                    help="python with d3rlpy==2.8.0 "
+                         "(default: this python if it has d3rlpy, else /work/venv-bench/bin/python)")
     ap.add_argument("--refit-repeats", type=int, default=None, help="timed refits (default 3, quick 1)")
     ap.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                     help="wall (default) or cpu: process CPU time, robust on a machine shared with other jobs")
@@ -139,7 +143,8 @@ def run_before(args, round_index: int) -> dict:
         env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS=str(args.threads))
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp)  # cwd: not this checkout
         if r.returncode != 0 or not out.exists():
-            return {"error": f"--before round {round_index} failed (rc {r.returncode}): {(r.stderr or r.stdout)[-500:]}"}
+            return {"error": f"--before round {round_index} failed (rc {r.returncode}): "
+                             f"{(r.stderr or r.stdout)[-500:]}"}
         return json.loads(out.read_text())["median_ups"]
 
 
@@ -161,7 +166,8 @@ def run_d3rlpy(py: str, args) -> dict:
 def variant_key(algo: str, mode: str, penalty: str | None, precision: str = "32-true") -> str:
     """``td3bc/lean`` (no C4), ``td3bc/lean+c4`` (C4, cross_cov), ``td3bc/lean+c4:feature_dot`` (C4, other penalty);
     ``@bf16-mixed`` etc. appended for a precision other than fp32."""
-    key = f"{algo}/{mode}" if penalty is None else f"{algo}/{mode}+c4" + ("" if penalty == "cross_cov" else f":{penalty}")
+    key = (f"{algo}/{mode}" if penalty is None
+           else f"{algo}/{mode}+c4" + ("" if penalty == "cross_cov" else f":{penalty}"))
     return key if precision == "32-true" else f"{key}@{precision}"
 
 
@@ -325,11 +331,13 @@ def render(results: dict, args) -> str:
     rows.append(["d3rlpy fit()", *[med.get(f"{a}/d3rlpy-fit") for a in args.algos]])
     rows.append(["d3rlpy update() only", *[med.get(f"{a}/d3rlpy-update") for a in args.algos]])
     parts = [bu.format_table(["updates/s (median)", *cols], rows,
-                             title=f"## Updates per second (median of {args.repeats}, batch 256, {args.threads} thread(s))")]
+                             title=f"## Updates per second (median of {args.repeats}, batch 256, "
+                                   f"{args.threads} thread(s))")]
     rrows = []
     for mode in args.modes:
         for key, label in (("ours/plain", "ours / plain loop"), ("ours/plain-fused", "ours / plain loop, fused Adam"),
-                           ("ours/d3rlpy-fit", "ours / d3rlpy fit()"), ("ours/d3rlpy-update", "ours / d3rlpy update()")):
+                           ("ours/d3rlpy-fit", "ours / d3rlpy fit()"),
+                           ("ours/d3rlpy-update", "ours / d3rlpy update()")):
             rrows.append([f"{label} [{mode}]", *[summ[a][mode][key] for a in args.algos]])
         for pen in args.penalties:
             for key, label in (("c4/no-c4 (step)", "C4 / no-C4 (per step, no refit)"),
@@ -376,7 +384,8 @@ def render(results: dict, args) -> str:
     frows = []
     for a in args.algos:
         r = results["refit_seconds"][a]
-        frows.append([NAMES[a], r["n"], r.get("features"), r.get("fit"), r.get("predict"), r.get("refit"), r.get("scatter")])
+        frows.append([NAMES[a], r["n"], r.get("features"), r.get("fit"), r.get("predict"), r.get("refit"),
+                      r.get("scatter")])
     parts.append(bu.format_table(["refit phases (s)", "N", "features", "fit (std+PCA+GMM)", "predict", "total",
                                   "scatter (TB only)"], frows, title="## One refit, by phase (median)"))
     return "\n\n".join(parts)

@@ -337,7 +337,8 @@ def claim_run_dir(trainer) -> Path | None:
     process created, the only one its clean-up may remove."""
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)) or 0) != 0 or int(os.environ.get("NODE_RANK", 0) or 0):
+    if (int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)) or 0) != 0
+            or int(os.environ.get("NODE_RANK", 0) or 0)):
         return None
     logger = trainer.loggers[0] if trainer.loggers else None
     if not isinstance(logger, (TensorBoardLogger, CSVLogger)) or logger._version is not None:

@@ -25,7 +25,9 @@ import torch
 from c4_lightning.data.transitions import Transitions
 
 # A default set: varied lengths (incl. a one-step episode), both kinds of endings.
-DEFAULT_EPISODES: list[tuple[int, str]] = [(5, "term"), (3, "trunc"), (7, "term"), (1, "trunc"), (4, "trunc"), (6, "term")]
+DEFAULT_EPISODES: list[tuple[int, str]] = [
+    (5, "term"), (3, "trunc"), (7, "term"), (1, "trunc"), (4, "trunc"), (6, "term"),
+]
 
 
 def obs_code(e, t, d, ep_base: int = 0):

@@ -119,7 +119,8 @@ def test_throughput_quick_prints_tables_and_ratios(tmp_path):
     for text in ("## Updates per second", "plain PyTorch loop", "plain PyTorch loop, fused Adam", "Lightning lean",
                  "Lightning lean + C4 cross_cov", "Lightning lean + C4 feature_dot", "ours / plain loop, fused Adam",
                  "d3rlpy fit()", "## Ratios", "ours / plain loop [lean]", "ours / d3rlpy fit() [lean]",
-                 "C4 / no-C4 (per step, no refit), cross_cov [lean]", "C4 / no-C4 (incl. amortised refit), cross_cov [lean]",
+                 "C4 / no-C4 (per step, no refit), cross_cov [lean]",
+                 "C4 / no-C4 (incl. amortised refit), cross_cov [lean]",
                  "C4 total overhead %, feature_dot [lean]", "## Before (", "| TD3+BC Lightning lean + C4 cross_cov |",
                  "C4 total overhead %", "refit amortised over 1000 updates", "## One refit, by phase",
                  "| TD3+BC", "| CQL"):

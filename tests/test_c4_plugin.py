@@ -133,7 +133,8 @@ def test_grad_penalty_matches_numpy_formula():
         c = _numpy_cross_cov(g[e], g_next[e])
         raw = (c ** 2).sum() + beta * np.trace(c) ** 2
         assert out[e] == pytest.approx(cap * math.tanh(raw / cap), rel=1e-10)
-        assert float(grad_cross_cov_raw(torch.tensor(g), torch.tensor(g_next), beta)[e]) == pytest.approx(raw, rel=1e-10)
+        raw_torch = float(grad_cross_cov_raw(torch.tensor(g), torch.tensor(g_next), beta)[e])
+        assert raw_torch == pytest.approx(raw, rel=1e-10)
 
 
 def test_weighted_penalty_matches_numpy_formula():
@@ -201,8 +202,9 @@ def test_unknown_penalty_is_refused_at_config_time_listing_names():
 
 
 def test_unknown_penalty_fails_before_training_from_the_cli(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "fit", "--config", str(REPO / "configs/td3bc_c4.yaml"),
-                           "--model.c4.penalty", "nope", "--trainer.default_root_dir", str(tmp_path)],
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "fit",
+                           "--config", str(REPO / "configs/td3bc_c4.yaml"), "--model.c4.penalty", "nope",
+                           "--trainer.default_root_dir", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "registered penalties:" in proc.stderr and "weighted_cross_cov" in proc.stderr

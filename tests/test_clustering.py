@@ -62,7 +62,10 @@ def test_warm_start_falls_back_when_previous_partition_does_not_fit():
     # previous partition with only 2 clusters -> cold start
     _, model = fit_partition(x, n_clusters=3, pca_dim=4, previous_labels=(y > 0).astype(np.int64))
     assert not model.warm_started
-    singleton = y.copy(); singleton[:] = 0; singleton[0] = 1; singleton[1:3] = 2
+    singleton = y.copy()
+    singleton[:] = 0
+    singleton[0] = 1
+    singleton[1:3] = 2
     _, model = fit_partition(x, n_clusters=3, pca_dim=4, previous_labels=singleton)
     assert not model.warm_started
     with pytest.raises(ValueError, match="previous_labels"):
@@ -127,10 +130,12 @@ def test_state_dict_round_trip(tmp_path):
     np.testing.assert_array_equal(restored.predict(x), labels)
     for k, v in state.items():
         np.testing.assert_array_equal(getattr(restored, k), v)
-    bad = dict(state); bad.pop("means")
+    bad = dict(state)
+    bad.pop("means")
     with pytest.raises(ValueError, match="missing"):
         ClusterModel.from_state_dict(bad)
-    bad = dict(state); bad["means"] = state["means"][:2]
+    bad = dict(state)
+    bad["means"] = state["means"][:2]
     with pytest.raises(ValueError, match="means"):
         ClusterModel.from_state_dict(bad)
 

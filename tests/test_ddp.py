@@ -130,8 +130,9 @@ def _free_port() -> int:
 def _start_ranks(tmp_path: Path, callbacks: list[dict]) -> list[subprocess.Popen]:
     """Both ranks as independent processes (as torchrun or SLURM start them), so each rank's exit code is seen."""
     args = ["fit", "--config", str(REPO / "configs" / "td3bc.yaml"), "--trainer.devices", "2", "--trainer.strategy",
-            "ddp", "--trainer.accelerator", "cpu", "--model.init_args.hidden_dims", "[16,16]", "--data.batch_size", "32",
-            "--data.steps_per_epoch", "4", "--trainer.max_epochs", "3", "--trainer.enable_progress_bar", "false",
+            "ddp", "--trainer.accelerator", "cpu", "--model.init_args.hidden_dims", "[16,16]",
+            "--data.batch_size", "32", "--data.steps_per_epoch", "4", "--trainer.max_epochs", "3",
+            "--trainer.enable_progress_bar", "false",
             "--trainer.enable_model_summary", "false", "--trainer.callbacks", json.dumps(callbacks),
             "--trainer.default_root_dir", str(tmp_path / "runs")]
     port = str(_free_port())

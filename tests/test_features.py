@@ -35,7 +35,8 @@ def test_input_gradients_match_per_member_loop_and_finite_differences(critics):
     # central finite differences on one row
     h = 1e-6
     for d in range(OBS + ACT):
-        dx = torch.zeros_like(x[:1]); dx[0, d] = h
+        dx = torch.zeros_like(x[:1])
+        dx[0, d] = h
         fd = (critic.from_input(x[:1] + dx) - critic.from_input(x[:1] - dx))[:, 0] / (2 * h)
         torch.testing.assert_close(g[:, 0, d], fd, rtol=1e-5, atol=1e-7)
 
@@ -69,7 +70,8 @@ def test_clustering_features_shape_values_and_chunking(critics, kind):
     assert full.shape == (23, 2 * width) and full.dtype == torch.float32 and full.device.type == "cpu"
     assert not full.requires_grad and full.grad_fn is None
     for cs in (1, 5, 23):
-        torch.testing.assert_close(clustering_features(critic, target, obs, act, nobs, nact, kind=kind, chunk_size=cs), full)
+        torch.testing.assert_close(
+            clustering_features(critic, target, obs, act, nobs, nact, kind=kind, chunk_size=cs), full)
     # online side from the critic at (s, a), target side from the target at (s', a'), twin-averaged
     if kind == "penultimate":
         phi = critic(obs, act, return_features=True)[1].mean(0)

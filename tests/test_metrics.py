@@ -50,7 +50,8 @@ def test_reset_and_non_square_and_single_member():
     m.update(x[0], y[0])  # [B, D] is one member
     out = m.compute()
     assert set(out) == {"fro", "corr_rms"}  # no trace for a non-square C
-    assert out["fro"].item() == pytest.approx(torch.linalg.matrix_norm(cross_covariance(x[0].double(), y[0].double())).item(), rel=1e-9)
+    expected = torch.linalg.matrix_norm(cross_covariance(x[0].double(), y[0].double())).item()
+    assert out["fro"].item() == pytest.approx(expected, rel=1e-9)
     # inferred shapes are forgotten on reset
     lazy = CrossCovarianceMetric()
     lazy.update(torch.randn(3, 8, 5), torch.randn(3, 8, 5))

@@ -144,7 +144,8 @@ def test_resume_is_exact_with_refits_on_the_update_cadence(tmp_path):
     half_path = last_ckpt(run(tmp_path / "half", 2, cadence=cadence))
     assert callback_state(load(half_path), "ClusterRefitCallback")["next_refit_at"] == 12
     resumed = load(last_ckpt(run(tmp_path / "resumed", 4, half_path, cadence=cadence)))
-    refit_full, refit_resumed = callback_state(full, "ClusterRefitCallback"), callback_state(resumed, "ClusterRefitCallback")
+    refit_full = callback_state(full, "ClusterRefitCallback")
+    refit_resumed = callback_state(resumed, "ClusterRefitCallback")
     assert refit_full["refits"] == refit_resumed["refits"] == 7  # initial + updates 3, 6, 9, 12, 15, 18
     assert_same(refit_full, refit_resumed, "ClusterRefitCallback")
     assert_same(full["state_dict"], resumed["state_dict"], "state_dict")

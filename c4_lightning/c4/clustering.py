@@ -338,7 +338,8 @@ def fit_partition(
         raise ValueError("features must have at least one column")
     prev = None
     if previous_labels is not None:
-        prev = previous_labels.detach().cpu().numpy() if isinstance(previous_labels, torch.Tensor) else np.asarray(previous_labels)
+        prev = (previous_labels.detach().cpu().numpy() if isinstance(previous_labels, torch.Tensor)
+                else np.asarray(previous_labels))
         if prev.shape != (n,) or not np.issubdtype(prev.dtype, np.integer):
             raise ValueError(f"previous_labels must be an int array of shape ({n},) (one label per feature row), "
                              f"got dtype {prev.dtype} shape {prev.shape}")
@@ -417,8 +418,8 @@ def fit_partition(
             labels[rows] = model.predict(_source_rows(source, rows, f), chunk_size=predict_chunk, check_finite=True)
     sizes = np.bincount(labels, minlength=k)
     if (sizes == 0).any():
-        raise ClusterFitError(f"cluster(s) {np.flatnonzero(sizes == 0).tolist()} received no rows (sizes {sizes.tolist()}); "
-                              "the data do not support n_clusters clusters")
+        raise ClusterFitError(f"cluster(s) {np.flatnonzero(sizes == 0).tolist()} received no rows "
+                              f"(sizes {sizes.tolist()}); the data do not support n_clusters clusters")
     return labels, model
 
 

@@ -29,7 +29,8 @@ def _check_obs_act(obs: torch.Tensor, act: torch.Tensor, oname: str, aname: str)
         if not t.is_floating_point():
             raise ValueError(f"{name} must be floating point, got {t.dtype}; cast it with .float()")
     if obs.shape[0] != act.shape[0]:
-        raise ValueError(f"{oname} and {aname} must have the same number of rows, got {obs.shape[0]} and {act.shape[0]}")
+        raise ValueError(f"{oname} and {aname} must have the same number of rows, "
+                         f"got {obs.shape[0]} and {act.shape[0]}")
 
 
 def _ensemble_size(critic: nn.Module) -> int:
@@ -39,7 +40,9 @@ def _ensemble_size(critic: nn.Module) -> int:
     return e
 
 
-def input_gradients(critic: nn.Module, obs: torch.Tensor, act: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+def input_gradients(
+    critic: nn.Module, obs: torch.Tensor, act: torch.Tensor, create_graph: bool = False
+) -> torch.Tensor:
     """Per-member input gradients ``dQ_e(s, a)/d(s, a)``.
 
     The input ``[B, D]`` is expanded to ``[E, B, D]`` (so each member gets its own copy) and one
@@ -62,7 +65,8 @@ def input_gradients(critic: nn.Module, obs: torch.Tensor, act: torch.Tensor, cre
         x = x.unsqueeze(0).expand(e, -1, -1).clone().requires_grad_(True)
         q = critic.from_input(x)
         if q.shape != x.shape[:2]:
-            raise ValueError(f"critic.from_input must return q of shape [E, B] = {tuple(x.shape[:2])}, got {tuple(q.shape)}")
+            raise ValueError(f"critic.from_input must return q of shape [E, B] = {tuple(x.shape[:2])}, "
+                             f"got {tuple(q.shape)}")
         (grad,) = torch.autograd.grad(q.sum(), x, create_graph=create_graph)
     return grad if create_graph else grad.detach()
 

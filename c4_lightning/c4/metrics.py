@@ -64,7 +64,8 @@ class CrossCovarianceMetric(Metric):
     ``compute()`` returns ``{"fro": mean_e ||C_e||_F, "corr_rms": mean_e RMS correlation, "trace": mean_e tr(C_e)}``:
     one covariance per ensemble member, averaged over members (not the covariance of averaged features).
     ``"corr_rms"`` (:func:`correlation_rms`) is the scale-free size: a critic that shrinks its features lowers
-    ``"fro"`` but not ``"corr_rms"``. ``"trace"`` is present only when ``Dx == Dy``. Float64 states need a device that supports float64 (CPU, CUDA).
+    ``"fro"`` but not ``"corr_rms"``. ``"trace"`` is present only when ``Dx == Dy``. Float64 states need a device
+    that supports float64 (CPU, CUDA).
 
     Args:
         feature_dim: ``Dx``, the width of ``phi``; None (default) takes it from the first ``update``.

@@ -156,8 +156,8 @@ def grad_cross_cov_penalty(
     ``C = Cov_B(grad_next.detach(), grad)``, ``grad = dQ/d(s, a)``, ``grad_next = dQ_target/d(s', a')``.
 
     **Invariant** to the rescaling of the last hidden layer (input gradients do not change when Q does not).
-    Scale: the fourth power of the scale of dQ/d(s,a) (the squared norm of a covariance of gradients). The cap bounds the value
-    smoothly; above it the gradient fades (``sech^2``), so the C4 plug-in logs the raw value
+    Scale: the fourth power of the scale of dQ/d(s,a) (the squared norm of a covariance of gradients). The cap bounds
+    the value smoothly; above it the gradient fades (``sech^2``), so the C4 plug-in logs the raw value
     (:func:`grad_cross_cov_raw`, ``c4/penalty_raw``) and warns once when it exceeds the cap.
 
     Args:
@@ -185,7 +185,9 @@ def grad_cross_cov_penalty(
     return cap * torch.tanh(grad_cross_cov_raw(grad, grad_next, beta) / cap)
 
 
-def grad_cross_cov_raw(grad: torch.Tensor, grad_next: torch.Tensor, beta: float = 1.0, cap: float = 100.0) -> torch.Tensor:
+def grad_cross_cov_raw(
+    grad: torch.Tensor, grad_next: torch.Tensor, beta: float = 1.0, cap: float = 100.0
+) -> torch.Tensor:
     """``||C||_F^2 + beta * tr(C)^2`` before the cap (``cap`` is accepted and ignored, so the same options apply)."""
     c = cross_covariance(grad, grad_next.detach())
     return c.square().sum(dim=(-2, -1)) + beta * torch.diagonal(c, dim1=-2, dim2=-1).sum(-1).square()

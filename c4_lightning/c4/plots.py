@@ -69,7 +69,8 @@ def cluster_scatter_figure(points_2d, labels, sources=None, source_names=None, m
     else:
         src = _np(sources, "sources")
         if src.shape != (n,) or not np.issubdtype(src.dtype, np.integer) or (n and src.min() < 0):
-            raise ValueError(f"sources must be non-negative ints of shape ({n},), got dtype {src.dtype} shape {src.shape}")
+            raise ValueError(f"sources must be non-negative ints of shape ({n},), "
+                             f"got dtype {src.dtype} shape {src.shape}")
         n_src = int(src.max()) + 1 if n else 0
         names = list(source_names) if source_names is not None else [f"source {i}" for i in range(n_src)]
         if len(names) < n_src:

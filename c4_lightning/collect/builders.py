@@ -109,7 +109,8 @@ class Recording:
             "collector": "c4_lightning.collect", "collector_version": package_version("c4_lightning"),
             "command": command or "c4-collect record (called from Python)", "seed": seed, "env_id": env_id,
             "behaviour_run_dir": str(out_dir),
-            "versions": {k: package_version(k) for k in ("minari", "gymnasium", "mujoco", "stable_baselines3", "torch")},
+            "versions": {k: package_version(k)
+                         for k in ("minari", "gymnasium", "mujoco", "stable_baselines3", "torch")},
             "train_config": load_train_config(out), "storage": STORAGE_LAYOUT,
         }
         return cls(env_id=env_id, out=out, datasets_dir=Path(datasets_dir).resolve(),
@@ -134,8 +135,9 @@ class Recording:
         return plan
 
     def policy_plan(self, kind: str, checkpoint: dict, steps: int) -> dict:
-        return {"kind": kind, "env_id": self.env_id, "seed": self.seed, "steps": steps, "checkpoint": checkpoint["path"],
-                "checkpoint_steps": checkpoint["steps"], "deterministic": False, "storage": STORAGE_LAYOUT}
+        return {"kind": kind, "env_id": self.env_id, "seed": self.seed, "steps": steps,
+                "checkpoint": checkpoint["path"], "checkpoint_steps": checkpoint["steps"], "deterministic": False,
+                "storage": STORAGE_LAYOUT}
 
     def make_dataset(self, name: str, plan: dict, build: Callable[[], tuple[list, list[bool], dict]], *,
                      algorithm: str, describe: Callable[[dict], str], sources: list[str] | None = None,
@@ -237,8 +239,9 @@ def record_random(rec: Recording, steps: int) -> dict:
         rec.random_ref_min = json.loads((final / "data" / "metadata.json").read_text())["ref_min_score"]
     return rec.make_dataset(
         "random", rec.random_plan(steps), build, algorithm="uniform random policy (action_space.sample())",
-        describe=lambda st: f"{rec.env_id} uniform random actions: {st['steps']} transitions, {st['episodes']} episodes "
-                            f"(mean episode return {st['return_mean']:.1f}). Made by c4-collect.",
+        describe=lambda st: f"{rec.env_id} uniform random actions: {st['steps']} transitions, "
+                            f"{st['episodes']} episodes (mean episode return {st['return_mean']:.1f}). "
+                            "Made by c4-collect.",
         size_flag="--random-steps")
 
 
@@ -257,8 +260,8 @@ def _record_checkpoint_rollouts(rec: Recording, beh: BehaviourPolicies, kind: st
     def describe(st):
         note = ""
         if kind == "expert" and beh.below_expert_level:
-            note = (f" NOTE: below expert level (normalised {info['normalized_score']:.1f} < {beh.expert_min_score:g}); "
-                    "the id is kept for config stability.")
+            note = (f" NOTE: below expert level (normalised {info['normalized_score']:.1f} "
+                    f"< {beh.expert_min_score:g}); the id is kept for config stability.")
         return (f"{rec.env_id} {kind}: {st['steps']} transitions ({st['episodes']} episodes) of the SB3-SAC checkpoint "
                 f"at {info['steps']} env steps with stochastic actions; that checkpoint's evaluated return "
                 f"{info['return_mean']:.1f} +- {info['return_std']:.1f} (deterministic, normalised "
@@ -306,13 +309,15 @@ def record_medium_replay(rec: Recording, beh: BehaviourPolicies, max_steps: int)
         episodes, cut, info = replay_buffer_episodes(buffer, medium["steps"], action_space=space, max_steps=max_steps,
                                                      seed=draw_seed, progress=rec.progress)
         info.pop("episodes_kept", None)
-        return episodes, cut, {"behaviour": {"policy": "SB3-SAC replay buffer (training data up to the medium checkpoint)",
-                                             "replay": info, **beh.medium_info}, **beh.provenance}
+        return episodes, cut, {
+            "behaviour": {"policy": "SB3-SAC replay buffer (training data up to the medium checkpoint)",
+                          "replay": info, **beh.medium_info},
+            **beh.provenance}
 
     return rec.make_dataset(
         "medium-replay", plan, build, algorithm=f"SB3-SAC replay buffer, env steps [0, {entries})",
-        describe=lambda st: f"{rec.env_id} medium-replay: {st['steps']} transitions ({st['episodes']} episodes) from the "
-                            f"SAC replay buffer up to the medium checkpoint at {medium['steps']} env steps"
+        describe=lambda st: f"{rec.env_id} medium-replay: {st['steps']} transitions ({st['episodes']} episodes) "
+                            f"from the SAC replay buffer up to the medium checkpoint at {medium['steps']} env steps"
                             + (f" (whole episodes drawn at random down to --replay-max-steps {max_steps})"
                                if entries > max_steps else "") + ". Made by c4-collect.",
         size_flag="--replay-max-steps")
@@ -374,8 +379,9 @@ def record_mixture(rec: Recording, beh: BehaviourPolicies, n: int, random_steps:
         name, {"kind": "mixture", "total": n, "seed": rec.seed, "sources": plans}, build,
         algorithm="uniform random + SB3-SAC (medium and expert checkpoints, stochastic actions)",
         describe=lambda st: (
-            f"{rec.env_id} random-medium-expert mixture of exactly {n} transitions: {shares[0]}/{shares[1]}/{shares[2]} "
-            f"transitions of whole episodes (the last of each share cut, marked truncated) from {', '.join(sources)}; "
+            f"{rec.env_id} random-medium-expert mixture of exactly {n} transitions: "
+            f"{shares[0]}/{shares[1]}/{shares[2]} transitions of whole episodes (the last of each share cut, marked "
+            f"truncated) from {', '.join(sources)}; "
             "per-step infos['source'] labels index source_names. Made by c4-collect."),
         sources=sources, size_flag="--sizes")
 

@@ -30,7 +30,8 @@ Two stages, each resumable:
 Needs the optional extra ``collect`` (``pip install c4_lightning[collect]``).
 Example (what made the embedded Hopper datasets; see datasets/README.md)::
 
-    c4-collect train --env Hopper-v5 --out-dir runs/collect/hopper --total-steps 300000 --checkpoint-every 10000 --seed 0
+    c4-collect train --env Hopper-v5 --out-dir runs/collect/hopper --total-steps 300000 \\
+        --checkpoint-every 10000 --seed 0
     c4-collect record --env Hopper-v5 --out-dir runs/collect/hopper --datasets-dir datasets --seed 0
 """
 from __future__ import annotations
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         table = train_behaviour(args.env, args.out_dir, args.total_steps, args.checkpoint_every, args.eval_episodes,
                                 args.learning_starts, args.seed, args.threads, progress=not args.no_progress)
         best = max(table, key=lambda r: r["return_mean"]) if table else None
-        print(f"done: {len(table)} checkpoints" + (f", best return {best['return_mean']:.1f} at {best['steps']}" if best else ""))
+        print(f"done: {len(table)} checkpoints"
+              + (f", best return {best['return_mean']:.1f} at {best['steps']}" if best else ""))
     elif args.stage == "record":
         summaries = record_datasets(
             args.env, args.out_dir, args.datasets_dir, namespace=args.namespace, seed=args.seed,
@@ -110,5 +112,6 @@ def main(argv: list[str] | None = None) -> int:
             threads=args.threads, progress=not args.no_progress, command="c4-collect " + shlex.join(argv),
         )
         for ds_id, summary in summaries.items():
-            print(f"  {ds_id}: {summary['steps']} steps, {summary['episodes']} episodes, {summary['bytes'] / 1e6:.2f} MB")
+            print(f"  {ds_id}: {summary['steps']} steps, {summary['episodes']} episodes, "
+                  f"{summary['bytes'] / 1e6:.2f} MB")
     return 0

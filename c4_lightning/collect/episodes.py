@@ -83,18 +83,18 @@ def rollout_episodes(env_id: str, n_steps: int, seed, policy=None, desc: str = "
         while steps < n_steps:
             ep_seed = int(rng.integers(2**31 - 1))
             obs, _ = env.reset(seed=ep_seed)
-            O, A, R, TE, TR = [obs], [], [], [], []
+            OBS, A, R, TE, TR = [obs], [], [], [], []
             while True:
                 action = env.action_space.sample() if policy is None else policy(obs)
                 obs, reward, terminated, truncated, _ = env.step(action)
                 steps += 1
-                O.append(obs), A.append(action), R.append(float(reward)), TE.append(bool(terminated))
+                OBS.append(obs), A.append(action), R.append(float(reward)), TE.append(bool(terminated))
                 budget_cut = steps == n_steps and not (terminated or truncated)
                 TR.append(bool(truncated) or budget_cut)
                 if TE[-1] or TR[-1]:
                     break
             bar.update(len(R))
-            episodes.append(make_episode(O, A, R, TE, TR, seed=ep_seed, action_dtype=action_dtype))
+            episodes.append(make_episode(OBS, A, R, TE, TR, seed=ep_seed, action_dtype=action_dtype))
             cut.append(budget_cut)
     env.close()
     return episodes, cut
@@ -114,7 +114,8 @@ def replay_buffer_episodes(buffer, n_steps: int, action_space=None, max_steps: i
     Returns ``(episodes, was_cut, info)``.
     """
     if getattr(buffer, "optimize_memory_usage", False) or getattr(buffer, "next_observations", None) is None:
-        raise SystemExit("the replay buffer was saved with optimize_memory_usage=True; c4-collect needs next_observations")
+        raise SystemExit("the replay buffer was saved with optimize_memory_usage=True; "
+                         "c4-collect needs next_observations")
     if buffer.n_envs != 1:
         raise SystemExit(f"the replay buffer holds {buffer.n_envs} parallel envs; c4-collect writes single-env buffers")
     if buffer.full and buffer.pos != 0:

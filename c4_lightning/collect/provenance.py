@@ -69,7 +69,8 @@ def write_provenance_md(namespace_dir: str | Path) -> Path:
     if commands:
         lines += ["", "## Commands", "", "```"] + commands + ["```"]
     if curve:
-        lines += ["", "## Behaviour run checkpoints", "", "| env steps | return (mean ± std) | picked as |", "|---|---|---|"]
+        lines += ["", "## Behaviour run checkpoints", "",
+                  "| env steps | return (mean ± std) | picked as |", "|---|---|---|"]
         lines += [f"| {s} | {m:.1f} ± {sd:.1f} | {marks.get(s, '')} |" for s, m, sd in curve]
     path = namespace_dir / "PROVENANCE.md"
     path.write_text("\n".join(lines) + "\n")

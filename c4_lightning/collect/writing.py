@@ -135,7 +135,8 @@ def check_dataset(data_dir: str | Path, expected_steps: int | None = None, expec
         t = len(ep.rewards)
         obs, act = np.asarray(ep.observations), np.asarray(ep.actions)
         where = f"{data_dir} episode {ep.id}"
-        if t == 0 or obs.shape[0] != t + 1 or act.shape[0] != t or len(ep.terminations) != t or len(ep.truncations) != t:
+        if (t == 0 or obs.shape[0] != t + 1 or act.shape[0] != t
+                or len(ep.terminations) != t or len(ep.truncations) != t):
             raise DatasetError(f"{where}: shapes obs {obs.shape}, actions {act.shape}, rewards ({t},)")
         if not (np.isfinite(obs).all() and np.isfinite(act).all() and np.isfinite(ep.rewards).all()):
             raise DatasetError(f"{where}: non-finite values")
@@ -206,8 +207,9 @@ def write_dataset(datasets_dir: str | Path, ds_id: str, episodes: list, *, env_i
         summary = check_dataset(data_dir, expected_steps=expected, expected_episodes=len(episodes), progress=progress)
         if summary["bytes"] >= max_mb * 1e6:
             raise SystemExit(
-                f"{ds_id} is {summary['bytes'] / 1e6:.2f} MB on disk ({expected} transitions, {len(episodes)} episodes), "
-                f"over the {max_mb:g} MB limit for embedded datasets: lower {size_flag or 'its transition count'}"
+                f"{ds_id} is {summary['bytes'] / 1e6:.2f} MB on disk "
+                f"({expected} transitions, {len(episodes)} episodes), over the {max_mb:g} MB limit for embedded "
+                f"datasets: lower {size_flag or 'its transition count'}"
             )
         final.parent.mkdir(parents=True, exist_ok=True)
         ns_meta = final.parent / "namespace_metadata.json"

@@ -155,8 +155,8 @@ class OfflineRLDataModule(pl.LightningDataModule):
         n = len(t)
         if n < 2:
             raise DatasetError(
-                f"dataset {'+'.join(ids)} has N={n} transition{'s' if n != 1 else ''} (after max_transitions): training "
-                "needs at least 2 (observation statistics and the critic's cross-covariance diagnostics are "
+                f"dataset {'+'.join(ids)} has N={n} transition{'s' if n != 1 else ''} (after max_transitions): "
+                "training needs at least 2 (observation statistics and the critic's cross-covariance diagnostics are "
                 "estimated from the data); use a larger dataset or data.max_transitions"
             )
         if self.batch_size > n:

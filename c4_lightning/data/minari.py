@@ -200,7 +200,8 @@ def resolve_dataset(dataset_id: str, download: bool | None = None):
         raise DatasetError(
             _unknown_dataset_message(
                 dataset_id,
-                f"no local copy, and downloading it failed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})",
+                f"no local copy, and downloading it failed "
+                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})",
             )
         ) from err
 

@@ -329,7 +329,8 @@ class ClusterBatchSampler(DistributedSampler):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         missing = {"seed", "epoch", "resume_position", "labels", "min_cluster_size"} - set(state)
         if missing:
-            raise SamplerError(f"sampler state is missing {sorted(missing)}; it was not made by ClusterBatchSampler.state_dict()")
+            raise SamplerError(f"sampler state is missing {sorted(missing)}; "
+                               "it was not made by ClusterBatchSampler.state_dict()")
         if "num_samples" in state and int(state["num_samples"]) != self.num_samples:
             raise SamplerError(
                 f"sampler state was saved for {state['num_samples']} transitions but this dataset has "

@@ -60,7 +60,8 @@ class EvalCallback(Callback):
         """Set any of :attr:`OPTIONS` (checked: counts >= 1)."""
         unknown = set(options) - set(self.OPTIONS)
         if unknown:
-            raise ValueError(f"EvalCallback has no option {', '.join(sorted(unknown))} (options: {', '.join(self.OPTIONS)})")
+            raise ValueError(f"EvalCallback has no option {', '.join(sorted(unknown))} "
+                             f"(options: {', '.join(self.OPTIONS)})")
         for name, value in options.items():
             if name != "seed" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"eval.{name}={value!r} must be an integer >= 1")

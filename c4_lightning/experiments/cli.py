@@ -84,7 +84,8 @@ def build_sweep(args) -> Sweep:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="c4-sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="c4-sweep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sweep", nargs="?", help="sweep YAML file (see configs/sweeps/)")
     p.add_argument("--variants", help="run only these variants (comma list)")
     p.add_argument("--datasets", help="run only these datasets (comma list)")

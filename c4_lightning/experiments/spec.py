@@ -189,7 +189,8 @@ def load_sweep(path: str | Path) -> Sweep:
     try:
         budget = Budget(**_mapping(raw.get("budget"), "budget"))
     except TypeError as err:
-        raise SweepError(f"sweep file {path}: budget: {err}; allowed keys: {list(Budget.__dataclass_fields__)}") from err
+        raise SweepError(
+            f"sweep file {path}: budget: {err}; allowed keys: {list(Budget.__dataclass_fields__)}") from err
     datasets = {}
     for name, d in _mapping(raw.get("datasets"), "datasets").items():
         d = dict(_mapping(d, f"datasets.{name}"))
@@ -205,7 +206,8 @@ def load_sweep(path: str | Path) -> Sweep:
         if extra:
             raise SweepError(f"variants.{name}: unknown keys {extra}; allowed: config, overrides, datasets")
         ds = v.get("datasets")
-        variants[str(name)] = Variant(str(name), str(v["config"]), dict(_mapping(v.get("overrides"), f"variants.{name}.overrides")),
+        variants[str(name)] = Variant(str(name), str(v["config"]),
+                                      dict(_mapping(v.get("overrides"), f"variants.{name}.overrides")),
                                       tuple(ds) if ds is not None else None)
     seeds = raw.get("seeds", [0, 1, 2, 3, 4])
     if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
