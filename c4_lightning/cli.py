@@ -36,6 +36,7 @@ import shutil
 import sys
 import warnings
 from pathlib import Path
+from contextvars import ContextVar
 from typing import Any, Optional
 
 from jsonargparse import ActionConfigFile
@@ -46,12 +47,38 @@ from lightning.pytorch.strategies import DDPStrategy
 from c4_lightning.algos.base import NonFiniteLossError, OfflineRLModule
 from c4_lightning.data.datamodule import OfflineRLDataModule
 from c4_lightning.evaluation.callback import EvalCallback
-from c4_lightning.reliability import CheckpointWriteError, GracefulShutdown, TrainingInterrupted, error_line
+from c4_lightning.training.checkpoint_io import CheckpointWriteError
+from c4_lightning.training.shutdown import GracefulShutdown, TrainingInterrupted
 from c4_lightning.training import resume
 from c4_lightning.training.checkpoint import load_checkpoint
 from c4_lightning.training.loop_state import PeriodicCheckpoint
 
 # ---------------------------------------------------------------------------------------------- errors
+
+_WRAPPER_MESSAGES = ("Does not validate against any of the Union subtypes", "Problem with given class_path")
+
+
+def error_line(err: BaseException) -> str:
+    """One line for the CLI: the innermost meaningful message of ``err`` (jsonargparse wraps the error of
+    a class's ``__init__`` in several layers) with its lines folded (indented list items joined by ', ')."""
+    seen = set()
+    while id(err) not in seen and any(w in str(err) for w in _WRAPPER_MESSAGES) and err.__cause__ is not None:
+        seen.add(id(err))
+        err = err.__cause__
+    parts: list[str] = []
+    for raw in str(err).splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if raw[:1].isspace() and parts:  # an indented item continues the line above
+            sep = " " if parts[-1].endswith(":") else ", "
+            parts[-1] = f"{parts[-1]}{sep}{line}"
+        else:
+            parts.append(line)
+    if not parts:
+        return type(err).__name__
+    return " ".join([p if p[-1] in ".:;,!?)" else f"{p};" for p in parts[:-1]] + parts[-1:])
+
 
 _OWN_MESSAGE = re.compile(r"^(model|data|trainer)\.[\w.]+\b")
 _PARSER_KEY = re.compile(r'^Parser key "([^"]+)":\s*(.*)$')
@@ -64,12 +91,12 @@ _NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "E
           "Expected a <class 'NoneType'>")
 
 
-def _full_option(key: str) -> str:
-    """``penalty`` -> ``--model.c4.penalty`` when the command line names it that way (jsonargparse reports
+def _full_option(key: str, argv: list[str] | None) -> str:
+    """``penalty`` -> ``--model.c4.penalty`` when the command line ``argv`` names it that way (jsonargparse reports
     only the last component of keys inside nested dataclass groups)."""
     if "." in key:
         return f"--{key}"
-    for arg in _CURRENT.get("argv") or []:
+    for arg in argv or []:
         m = re.match(r"^--([\w.]*\.)?" + re.escape(key) + r"(=|$)", str(arg))
         if m:
             name = f"{m.group(1) or ''}{key}".replace(".init_args.", ".")
@@ -82,8 +109,9 @@ def looks_like_parser_error(message: str) -> bool:
     return text.startswith("Parser key") or "Does not validate against any of the Union subtypes" in text
 
 
-def one_line_error(message: str) -> str:
-    """Turn a (possibly nested, multi-line) jsonargparse error into one line that names the option."""
+def one_line_error(message: str, argv: list[str] | None = None) -> str:
+    """Turn a (possibly nested, multi-line) jsonargparse error into one line that names the option (its full name
+    as ``argv``, the command line, spells it)."""
     lines = [ln.strip().lstrip("-").strip() for ln in str(message).splitlines() if ln.strip()]
     lines = [ln for ln in lines if ln] or ["invalid arguments"]
     # 1. our own validation messages ("model.c4.penalty_weight=-1.0 must be >= 0") say it best
@@ -92,9 +120,9 @@ def one_line_error(message: str) -> str:
             return ln
     m = _NOT_ACCEPTED.match(lines[0])
     if m:
-        return f"{_full_option(m.group(1))} is not an option (see --help)"
+        return f"{_full_option(m.group(1), argv)} is not an option (see --help)"
     m = _PARSER_KEY.match(lines[0])
-    prefix = f"{_full_option(m.group(1))}: " if m else ""
+    prefix = f"{_full_option(m.group(1), argv)}: " if m else ""
     body = ([m.group(2)] if m and m.group(2) else []) + lines[1:] if m else lines
     given = None
     for ln in body:
@@ -127,11 +155,19 @@ def one_line_error(message: str) -> str:
     return f"{prefix}{lines[0]}" if prefix else lines[0]
 
 
+_PARSING: ContextVar[list[str] | None] = ContextVar("c4_cli_command_line", default=None)
+"""The command line of the CLI being constructed, for parsers jsonargparse creates internally (e.g. for the model's
+subclass), which the CLI never sees; set and reset around one construction (no state outlives it)."""
+
+
 class OneLineErrorParser(LightningArgumentParser):
-    """Argument errors as one line naming the option (no usage wall, no traceback)."""
+    """Argument errors as one line naming the option (no usage wall, no traceback). ``argv`` (set by the CLI) is
+    the command line, to spell options in full."""
+
+    argv: list[str] | None = None
 
     def error(self, message: str, ex: Exception | None = None):  # jsonargparse signature
-        sys.stderr.write(f"error: {one_line_error(message)}\n")
+        sys.stderr.write(f"error: {one_line_error(message, self.argv or _PARSING.get())}\n")
         sys.exit(2)
 
 
@@ -200,12 +236,19 @@ class C4LightningCLI(LightningCLI):
         defaults.setdefault("use_distributed_sampler", False)  # ClusterBatchSampler is distribution-aware
         kwargs["trainer_defaults"] = defaults
         kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf"} if _has_omegaconf() else {})
-        if kwargs.get("args") is not None and not isinstance(kwargs["args"], dict):
-            _CURRENT["argv"] = [str(a) for a in kwargs["args"]]
-        with warnings.catch_warnings():
-            # args=[...] from Python (notebooks, tests) while sys.argv holds the host's own arguments is intended
-            warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter is intended.*")
-            super().__init__(*args, **kwargs)
+        given = kwargs.get("args")
+        self.argv = [str(a) for a in given] if given is not None and not isinstance(given, dict) else sys.argv[1:]
+        token = _PARSING.set(self.argv)
+        try:
+            with warnings.catch_warnings():
+                # args=[...] from Python (notebooks, tests) while sys.argv holds the host's own arguments is intended
+                warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter is intended.*")
+                super().__init__(*args, **kwargs)
+        except BaseException as err:  # main() needs this CLI (its run folder) to clean up after a failed start
+            err.c4_cli = self  # type: ignore[attr-defined]
+            raise
+        finally:
+            _PARSING.reset(token)
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -237,6 +280,7 @@ class C4LightningCLI(LightningCLI):
     def init_parser(self, **kwargs) -> LightningArgumentParser:
         kwargs.setdefault("dump_header", ["c4_lightning config: python train.py fit --config this.yaml"])
         parser = OneLineErrorParser(**kwargs)
+        parser.argv = self.argv
         parser.add_argument("-c", "--config", action=ActionConfigFile,
                             help="Path to a configuration file in json or yaml format.")
         return parser
@@ -274,7 +318,6 @@ class C4LightningCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
-        _CURRENT["cli"] = self
         self._created_log_dir = claim_run_dir(trainer)
         callbacks = trainer.callbacks
         if trainer.checkpoint_callback is None and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
@@ -290,6 +333,11 @@ class C4LightningCLI(LightningCLI):
     def _log_dir(self) -> Path | None:
         return Path(self.trainer.log_dir) if self.trainer.log_dir else None
 
+    def before_fit(self) -> None:
+        seed = (self.config.get(self.subcommand) or {}).get("seed_everything") if self.subcommand else None
+        if seed is not None and hasattr(self.model, "record_run_facts"):
+            self.model.record_run_facts(seed=seed)  # the HParams tab shows algorithm, dataset, seed and C4 settings
+
     def after_fit(self) -> None:
         log_dir = self._log_dir()  # trainer.log_dir is a collective under DDP: all ranks ask
         if not self.trainer.is_global_zero:
@@ -297,7 +345,9 @@ class C4LightningCLI(LightningCLI):
         evals = [c for c in self.trainer.callbacks if isinstance(c, EvalCallback)]
         score = evals[0].final_score() if evals else None
         ckpt = next((c.last_model_path for c in self.trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
-        print("\n" + logs_line(self.trainer.loggers, log_dir))
+        trainer = self.trainer
+        print(f"\ntraining finished at update {trainer.global_step} (epoch {trainer.current_epoch})")
+        print(logs_line(trainer.loggers, log_dir))
         if ckpt:
             print(f"last checkpoint: {ckpt}")
         if score is not None:
@@ -395,8 +445,12 @@ class _Below(logging.Filter):
 
 
 class _DropAdverts(logging.Filter):
+    """Lightning's adverts, and its "`Trainer.fit` stopped" line (printed into the running progress bar; the CLI
+    prints where training finished on a line of its own)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in str(record.msg).lower()
+        text = str(record.msg)
+        return "litlogger" not in text.lower() and not text.startswith("`Trainer.fit` stopped")
 
 
 def configure_console() -> None:
@@ -451,7 +505,6 @@ def main(args: list[str] | None = None) -> None:
         args = argv = _apply_aliases([a for a in args if a != "--debug"])
     if debug:  # DDP children re-read sys.argv (without --debug): the environment carries it to them
         os.environ["C4_DEBUG"] = "1"
-    _CURRENT["argv"] = argv
     cli = None
     try:
         check_config_files(argv)
@@ -470,8 +523,8 @@ def main(args: list[str] | None = None) -> None:
     except (ValueError, TypeError, FileNotFoundError, MisconfigurationException) as err:
         if isinstance(err, TypeError) and not looks_like_parser_error(str(err)):
             raise
-        _remove_empty_run_dir(cli or _CURRENT.get("cli"))
-        text = one_line_error(str(err)) if looks_like_parser_error(str(err)) else error_line(err)
+        _remove_empty_run_dir(cli or getattr(err, "c4_cli", None))
+        text = one_line_error(str(err), argv) if looks_like_parser_error(str(err)) else error_line(err)
         _print_cause(err)
         print(f"error: {text}", file=sys.stderr)
         sys.exit(2)
@@ -484,8 +537,6 @@ def _print_cause(err: BaseException) -> None:
 
         traceback.print_exception(err, file=sys.stderr)
 
-
-_CURRENT: dict = {}
 
 
 def check_cpu_devices(accelerator, devices) -> None:

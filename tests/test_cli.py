@@ -61,10 +61,10 @@ def print_config(args: list[str], capsys) -> str:
 
 
 def test_configs_choose_the_algorithm_and_default_to_an_embedded_dataset(capsys):
-    assert set(CONFIGS) >= {"td3bc", "td3bc_c4", "cql", "cql_c4"}
+    assert set(CONFIGS) >= {"td3bc", "td3bc_c4", "cql", "cql_c4", "iql", "iql_c4"}
     for name, path in CONFIGS.items():
         cfg = yaml.safe_load(print_config(["--config", str(path)], capsys))
-        expected = "c4_lightning.algos.CQL" if name.startswith("cql") else "c4_lightning.algos.TD3BC"
+        expected = f"c4_lightning.algos.{ {'cql': 'CQL', 'iql': 'IQL'}.get(name[:3], 'TD3BC') }"
         assert cfg["model"]["class_path"] == expected, name
         assert cfg["model"]["init_args"]["c4"]["enabled"] is ("_c4" in name), name
         assert locate_dataset(cfg["data"]["dataset_id"]) is not None, name
@@ -287,11 +287,16 @@ def test_fit_from_the_command_line_logs_everything(tmp_path):
     assert "v_num" not in bar
     log_dir = root / "lightning_logs" / "version_0"
     assert f"TensorBoard logs: {log_dir}" in proc.stdout
+    # a quiet console: the final score once, where training stopped on a line of its own (not inside the bar)
+    assert proc.stdout.count("final normalized score") == 1 and "final score (mean" not in proc.stdout
+    assert "`Trainer.fit` stopped" not in proc.stdout
+    assert any(line.startswith("training finished at update ") for line in proc.stdout.splitlines())
     # hyper-parameters of the model (with the C4 group) and of the data are recorded
     hparams = yaml.safe_load((log_dir / "hparams.yaml").read_text())
     assert hparams["c4"]["penalty_weight"] == 0.3 and hparams["c4"]["enabled"] is True
     assert hparams["max_transitions"] == 5000 and hparams["dataset_id"] == "hopper/random-medium-expert-10k"
     assert hparams["log_every_n_steps"] == 2
+    assert hparams["algorithm"] == "TD3BC" and hparams["seed"] == 0  # what the HParams tab needs to tell runs apart
     scalars, plugins = _tensorboard(log_dir)
     assert "hparams" in plugins
     for tag in ("train/critic_loss", "train/actor_loss", "train/q_mean", "c4/penalty", "c4/cross_cov_fro",

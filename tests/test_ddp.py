@@ -110,7 +110,7 @@ class HoldForSignalOnRank(Callback):
             return
         import time
 
-        from c4_lightning.reliability import GracefulShutdown
+        from c4_lightning.training.shutdown import GracefulShutdown
 
         shutdown = next(c for c in trainer.callbacks if isinstance(c, GracefulShutdown))
         Path(self.marker).write_text(str(os.getpid()))

@@ -1,7 +1,6 @@
 """``c4-export``: TorchScript and ONNX policies that run without c4_lightning and act as the module does."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import sys
 import warnings
-from pathlib import Path
 
 import lightning as L
 import pytest

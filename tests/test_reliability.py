@@ -7,7 +7,7 @@
 * an evaluation env that raises is reported and training continues;
 * ``last.ckpt`` is written atomically: a save that fails half-way leaves the previous one loadable;
 * an end-of-epoch checkpoint resumes exactly (the mid-epoch SIGTERM case is in test_signals.py);
-* the helpers of ``c4_lightning.reliability``.
+* the helpers of ``c4_lightning.training`` (checkpoint I/O, shutdown, RNG state) and the CLI's error line.
 """
 from __future__ import annotations
 
@@ -38,15 +38,11 @@ from c4_lightning.c4.clustering import ClusterFitError
 from c4_lightning.c4.config import C4Config
 from c4_lightning.data.datamodule import OfflineRLDataModule
 from c4_lightning.evaluation import EvalCallback
-from c4_lightning.reliability import (
-    AtomicCheckpointIO,
-    GracefulShutdown,
-    TrainingInterrupted,
-    check_cluster_sampling,
-    error_line,
-    rng_state,
-    set_rng_state,
-)
+from c4_lightning.cli import error_line
+from c4_lightning.data.sampler import check_cluster_sampling
+from c4_lightning.training.checkpoint_io import AtomicCheckpointIO
+from c4_lightning.training.rng import rng_state, set_rng_state
+from c4_lightning.training.shutdown import GracefulShutdown, TrainingInterrupted
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 5
@@ -383,12 +379,11 @@ def test_training_interrupted_message_and_exit_code():
 
 
 def test_checkpoints_get_the_umask_mode_and_stale_temporaries_are_removed(tmp_path):
-    import os
     import stat
 
-    from c4_lightning.reliability import AtomicCheckpointIO, remove_stale_temporaries
+    from c4_lightning.training.checkpoint_io import AtomicCheckpointIO, remove_stale_temporaries
 
-    import c4_lightning.reliability as reliability
+    import c4_lightning.training.checkpoint_io as reliability
 
     old = reliability._UMASK
     reliability._UMASK = 0o022  # the process umask is read once at import; pin it for this check

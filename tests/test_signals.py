@@ -33,7 +33,7 @@ class SignalAtStep(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step != self.at_step:
             return
-        from c4_lightning.reliability import GracefulShutdown
+        from c4_lightning.training.shutdown import GracefulShutdown
 
         shutdown = next(c for c in trainer.callbacks if isinstance(c, GracefulShutdown))
         Path(self.marker).write_text(f"{os.getpid()} {trainer.global_step} {batch_idx}")

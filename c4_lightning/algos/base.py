@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.strategies import DDPStrategy
@@ -15,7 +14,7 @@ from torch import nn
 from c4_lightning.c4.config import C4Config
 from c4_lightning.c4.metrics import CrossCovarianceMetric
 from c4_lightning.c4.plugin import C4
-from c4_lightning.reliability import rng_state, set_rng_state
+from c4_lightning.training.rng import rng_state, set_rng_state
 from c4_lightning.training.agreement import agree_max
 from c4_lightning.training.loop_state import resume_epoch_end_as_finished
 
@@ -80,8 +79,14 @@ class OfflineRLModule(L.LightningModule):
         """Subclasses call this last in ``__init__`` (after ``save_hyperparameters(ignore=["c4"])``)."""
         self.hparams["c4"] = self.c4.to_dict()
         self._hparams_initial = copy.deepcopy(self._hparams)  # loggers record hparams_initial: include the c4 group
+        self.record_run_facts(algorithm=type(self).__name__)
         if self.hparams.get("obs_dim") is not None and self.hparams.get("act_dim") is not None:
             self._build(self.hparams["obs_dim"], self.hparams["act_dim"])
+
+    def record_run_facts(self, **facts) -> None:
+        """Add facts about the run (algorithm, seed, ...) to the hyperparameters the loggers record (TensorBoard's
+        HParams tab), not to the checkpoint's ``hyper_parameters`` (which are the constructor's arguments)."""
+        self._hparams_initial.update(facts)
 
     # ------------------------------------------------------------------ building
     def build_networks(self, obs_dim: int, act_dim: int) -> None:
@@ -192,7 +197,7 @@ class OfflineRLModule(L.LightningModule):
         bad = [k for k, v in losses.items() if not torch.isfinite(v.detach()).all()] or ["loss on another rank"]
         path, resume_from = None, None
         if self._trainer is not None and self.trainer.log_dir is not None:
-            from c4_lightning.reliability import checkpoint_dir
+            from c4_lightning.training.checkpoint_io import checkpoint_dir
 
             folder = checkpoint_dir(self.trainer)
             last = folder / "last.ckpt"

@@ -68,9 +68,15 @@ def orthogonal_init_(module: nn.Module, last_layer_gain: float = 1e-2) -> None:
         if isinstance(m, VectorizedLinear):
             for j in range(m.ensemble_size):
                 w = m.weight.data[j].T
-                (nn.init.xavier_uniform_(w, gain=last_layer_gain) if last else nn.init.orthogonal_(w, gain=math.sqrt(2)))
+                if last:
+                    nn.init.xavier_uniform_(w, gain=last_layer_gain)
+                else:
+                    nn.init.orthogonal_(w, gain=math.sqrt(2))
         else:
-            (nn.init.xavier_uniform_(m.weight, gain=last_layer_gain) if last else nn.init.orthogonal_(m.weight, gain=math.sqrt(2)))
+            if last:
+                nn.init.xavier_uniform_(m.weight, gain=last_layer_gain)
+            else:
+                nn.init.orthogonal_(m.weight, gain=math.sqrt(2))
         nn.init.zeros_(m.bias)
 
 

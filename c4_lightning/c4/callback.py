@@ -15,7 +15,7 @@ from c4_lightning.c4.metrics import within_cluster_summary
 from c4_lightning.c4.plugin import trajectory_tail_members  # noqa: F401  (re-exported: older imports)
 from c4_lightning.c4.plots import cluster_scatter_figure, figure_to_image
 from c4_lightning.training.images import log_image
-from c4_lightning.reliability import check_cluster_sampling
+from c4_lightning.data.sampler import check_cluster_sampling
 
 
 def cluster_scatter_image(features, model: ClusterModel, labels: np.ndarray, sources: np.ndarray,

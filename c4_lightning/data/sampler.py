@@ -237,7 +237,7 @@ class ClusterBatchSampler(DistributedSampler):
         """Effective minimum: the given value, else ``max(batch_size, N // max(K, 10))``."""
         if self._min_cluster_size_arg is not None:
             return self._min_cluster_size_arg
-        return max(self.batch_size, self.num_samples // max(self.num_clusters, 10))
+        return default_min_cluster_size(self.num_samples, self.batch_size, self.num_clusters)
 
     @min_cluster_size.setter
     def min_cluster_size(self, value: int | None) -> None:
@@ -352,3 +352,31 @@ class ClusterBatchSampler(DistributedSampler):
             )
         self._resume_position = pos if pos > 0 else None
         self._yielded_in_epoch = pos
+
+
+# ---------------------------------------------------------------------------------------------- the cluster-size rule
+def default_min_cluster_size(num_samples: int, batch_size: int, n_clusters: int) -> int:
+    """Clusters smaller than this are never sampled unless ``min_cluster_size`` is given: ``max(batch_size,
+    N // max(K, 10))`` (a cluster must fill a batch, and tiny clusters would be drawn far above their share)."""
+    return max(int(batch_size), int(num_samples) // max(int(n_clusters), 10))
+
+
+def check_cluster_sampling(num_transitions: int, batch_size: int, n_clusters: int,
+                           min_cluster_size: int | None) -> int:
+    """Refuse C4 settings under which the clustered sampler would silently sample uniformly.
+
+    A partition of N transitions into K clusters can give *every* cluster at least ``m`` members only if
+    K * m <= N (``m`` = the sampler's minimum cluster size, default ``max(batch_size, N // max(K, 10))``).
+    Otherwise at least one cluster is never sampled and, with balanced clusters, none is: C4 would run as
+    plain uniform sampling, a silent wrong result. Returns the effective minimum size."""
+    n, b, k = int(num_transitions), int(batch_size), int(n_clusters)
+    m = int(min_cluster_size) if min_cluster_size is not None else default_min_cluster_size(n, b, k)
+    if k * m > n:
+        what = (f"min_cluster_size={m}" if min_cluster_size is not None
+                else f"min_cluster_size={m} (default max(data.batch_size, N // max(K, 10)))")
+        raise ValueError(
+            f"C4 cannot sample its clusters: n_clusters={k} x {what} = {k * m} > N={n} transitions, so "
+            f"clusters would be skipped and batches fall back to uniform sampling; lower model.c4.n_clusters "
+            f"to at most {max(n // m, 1)}, lower data.batch_size or data.min_cluster_size, or raise "
+            f"data.max_transitions")
+    return m

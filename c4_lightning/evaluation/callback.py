@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -9,10 +10,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 from lightning.pytorch import Callback
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 
 from c4_lightning.data.scores import normalized_score
 from c4_lightning.evaluation.rollout import evaluate_episodes
+
+log = logging.getLogger(__name__)
 
 
 def check_env_matches(env_id: str, obs_dim: int, act_dim: int) -> None:
@@ -176,9 +179,9 @@ class EvalCallback(Callback):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(summary, indent=2))
         score = summary["final_normalized_score"]
-        rank_zero_info(f"final score (mean of last {min(len(self.history), self.final_window)} evaluations): "
-                       f"return {summary['final_return']:.1f}"
-                       + (f", normalized {score:.1f}" if score is not None else ""))
+        # debug level: the CLI prints the final score once, after the progress bar; summary() has it for Python use
+        log.debug(f"final score (mean of last {min(len(self.history), self.final_window)} evaluations): "
+                  f"return {summary['final_return']:.1f}" + (f", normalized {score:.1f}" if score is not None else ""))
 
     def state_dict(self) -> dict:
         return {"history": self.history, "failures": self.failures}

@@ -23,7 +23,7 @@ import yaml
 
 from c4_lightning.experiments.launchers import LocalLauncher, RayLauncher, is_finished
 from c4_lightning.experiments.report import collect
-from c4_lightning.experiments.spec import Budget, Dataset, Sweep, SweepError, Variant, load_sweep
+from c4_lightning.experiments.spec import Dataset, Sweep, SweepError, Variant, load_sweep
 
 
 def _csv(text: str | None) -> list[str] | None:

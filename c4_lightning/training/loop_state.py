@@ -67,6 +67,6 @@ class PeriodicCheckpoint(Callback):
             if isinstance(cb, ModelCheckpoint) and cb.save_last:
                 cb.last_model_path = cb.last_model_path or cb.format_checkpoint_name({}, cb.CHECKPOINT_NAME_LAST)
                 return cb.last_model_path
-        from c4_lightning.reliability import checkpoint_dir
+        from c4_lightning.training.checkpoint_io import checkpoint_dir
 
         return str(checkpoint_dir(trainer) / self.filename)
