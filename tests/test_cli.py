@@ -88,7 +88,11 @@ def test_print_config_is_complete_and_round_trips(name, tmp_path, capsys):
     algo = CQL if name.startswith("cql") else TD3BC
     import inspect
 
-    expected = set(inspect.signature(algo.__init__).parameters) - {"self", "log_every_n_steps"}
+    from c4_lightning.algos import OfflineRLModule
+
+    # the algorithm's own arguments and the shared ones it passes on through **kwargs
+    own, shared = inspect.signature(algo.__init__).parameters, inspect.signature(OfflineRLModule.__init__).parameters
+    expected = (set(own) | set(shared)) - {"self", "kwargs", "log_every_n_steps"}
     assert expected <= set(model), expected - set(model)
     assert {"enabled", "penalty", "penalty_weight", "n_clusters", "refit_every_n_epochs", "feature"} <= set(model["c4"])
     assert {"batch_size", "steps_per_epoch", "subsample_seed", "sampler_seed"} <= set(cfg["data"])

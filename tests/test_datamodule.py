@@ -19,7 +19,6 @@ BATCH_KEYS = {
     "next_observations",
     "next_actions",
     "terminals",
-    "last_steps",
     "indices",
 }
 
@@ -31,7 +30,7 @@ def test_batches_are_normalised_gathers_of_the_raw_transitions(toy_minari):
     assert dm.num_transitions == 300 and dm.obs_dim == 3 and dm.act_dim == 2
     mean, std = observation_stats(t)
     assert torch.equal(dm.obs_mean, mean) and torch.equal(dm.obs_std, std)
-    assert dm.packed.dtype == torch.float32 and dm.packed.shape == (300, 3 + 2 + 1 + 3 + 2 + 1 + 1)
+    assert dm.packed.dtype == torch.float32 and dm.packed.shape == (300, 3 + 2 + 1 + 3 + 2 + 1)
     batches = list(dm.train_dataloader())
     assert len(batches) == 4
     for g, batch in enumerate(batches):
@@ -45,7 +44,6 @@ def test_batches_are_normalised_gathers_of_the_raw_transitions(toy_minari):
         assert torch.equal(batch["next_actions"], t.next_actions[idx])
         assert torch.equal(batch["rewards"], t.rewards[idx] * 0.5 - 1.0)
         assert torch.equal(batch["terminals"], t.terminals[idx])
-        assert torch.equal(batch["last_steps"], t.last_steps[idx])
     # the raw transitions stay unnormalised
     assert t.observations[0, 0] == 300 * 10_000 and t.rewards[1] == 300 * 10_000 + 1
 
@@ -141,18 +139,14 @@ def test_state_dict_without_trainer_round_trip(toy_minari):
 
 
 class _Recorder(pl.LightningModule):
-    """Tiny module that records sampled indices with (epoch, batch_idx); exposes batches_done_in_epoch."""
+    """Tiny module that records sampled indices with (epoch, batch_idx); knows nothing of the sampler (the sampler
+    counts the batches the training loop consumes itself)."""
 
     def __init__(self):
         super().__init__()
         self.layer = torch.nn.Linear(3, 1)
         self.seen: list[torch.Tensor] = []
         self.where: list[tuple[int, int]] = []
-
-    @property
-    def batches_done_in_epoch(self) -> int:
-        # a checkpoint saved in on_train_batch_end must count the batch just trained
-        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def training_step(self, batch, batch_idx):
         self.seen.append(batch["indices"].cpu())

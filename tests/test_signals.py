@@ -133,7 +133,7 @@ def test_sigterm_saves_exits_143_and_resume_equals_an_uninterrupted_run(tmp_path
     assert ckpt.name == "last.ckpt" and ckpt.is_file()
     state, _ = _params(ckpt)
     assert state["global_step"] == STOP_AT  # stopped at the batch boundary where the signal arrived
-    assert state["c4_lightning"]["batches_done_in_epoch"] == STOP_AT % STEPS_PER_EPOCH
+    assert state["OfflineRLDataModule"]["sampler"]["resume_position"] == STOP_AT % STEPS_PER_EPOCH  # the sampler's own
     assert state["epoch"] == STOP_AT // STEPS_PER_EPOCH
 
     # 3. resume from it: same budget, same seed, no marker

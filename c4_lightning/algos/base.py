@@ -28,10 +28,22 @@ def _noop_closure() -> None:
 
 
 class OfflineRLModule(L.LightningModule):
-    """Base LightningModule: subclasses define ``build_networks``, ``configure_optimizers`` and ``update``.
+    """Base LightningModule: subclasses define ``build_networks``, ``configure_optimizers`` and ``update`` (the
+    contract: CONTRIBUTING.md). They list only their own hyperparameters and pass ``**kwargs`` here: these options are
+    every algorithm's (the CLI shows them under ``--model.*`` for each).
 
     Networks are built from ``obs_dim``/``act_dim``; left ``None`` they are read from the attached
     ``OfflineRLDataModule`` in ``setup`` and recorded in ``hparams`` so a checkpoint rebuilds them alone.
+
+    Args:
+        obs_dim, act_dim: network sizes; None: from the datamodule.
+        max_action: actions are ``max_action * tanh(.)``; the dataset's actions must lie within it.
+        c4: the C4 option group (``C4Config``); off (the default) is the exact baseline algorithm.
+        probe_size: transitions of the fixed probe set of the cross-covariance diagnostics.
+        log_every_n_steps: logging interval (the CLI links it to the Trainer's).
+        nan_check: stop before a non-finite loss reaches the weights (checkpointing the last good state).
+        compile: ``torch.compile`` the networks (``dynamic=True``).
+        fused_adam: PyTorch's fused Adam kernel (``False``: the for-loop Adam).
     """
 
     def __init__(
@@ -47,7 +59,11 @@ class OfflineRLModule(L.LightningModule):
         fused_adam: bool = True,
     ):
         super().__init__()
+        # called here, under the subclass's __init__: Lightning collects the subclass's arguments as well
+        self.save_hyperparameters(ignore=["c4"])
         self.automatic_optimization = False
+        if not max_action > 0:
+            raise ValueError(f"model.max_action={max_action} must be > 0")
         self.c4 = c4 if isinstance(c4, C4) else C4(c4)
         if probe_size < 2:
             raise ValueError(f"model.probe_size={probe_size} must be >= 2")
@@ -57,7 +73,6 @@ class OfflineRLModule(L.LightningModule):
         self.register_buffer("obs_std", torch.ones(0))
         self.register_buffer("updates_done", torch.zeros((), dtype=torch.long))
         self.n_updates = 0  # host-side mirror of ``updates_done``: read in the hot path without a device sync
-        self.batches_done_in_epoch = 0
         self._built = False
         self._probe: dict[str, torch.Tensor] | None = None
         self.probe_index: torch.Tensor | None = None
@@ -67,7 +82,7 @@ class OfflineRLModule(L.LightningModule):
     # Plain Python state set in the hot path. Lightning sets ``_current_fx_name`` before and after every hook call
     # (~40 times per update); ``nn.Module.__setattr__`` spends ~2 us on each checking parameters, buffers and
     # submodules, a plain attribute set ~0.2 us. None of these names is ever a parameter, buffer or module.
-    _PLAIN_ATTRIBUTES = frozenset({"_current_fx_name", "n_updates", "batches_done_in_epoch"})
+    _PLAIN_ATTRIBUTES = frozenset({"_current_fx_name", "n_updates"})
 
     def __setattr__(self, name: str, value) -> None:
         if name in OfflineRLModule._PLAIN_ATTRIBUTES:
@@ -76,7 +91,7 @@ class OfflineRLModule(L.LightningModule):
             super().__setattr__(name, value)
 
     def finish_init(self) -> None:
-        """Subclasses call this last in ``__init__`` (after ``save_hyperparameters(ignore=["c4"])``)."""
+        """Subclasses call this last in ``__init__`` (after their own checks and buffers)."""
         self.hparams["c4"] = self.c4.to_dict()
         self._hparams_initial = copy.deepcopy(self._hparams)  # loggers record hparams_initial: include the c4 group
         self.record_run_facts(algorithm=type(self).__name__)
@@ -241,13 +256,9 @@ class OfflineRLModule(L.LightningModule):
         logs = self.update(batch)
         self.updates_done.add_(1)
         self.n_updates += 1
-        self.batches_done_in_epoch = batch_idx + 1
         if logs and self.should_log():
             self.log_dict({(k if "/" in k else f"train/{k}"): v for k, v in logs.items()}, on_step=True, on_epoch=False)
             self.log("critic_loss", logs["critic_loss"], prog_bar=True, logger=False, on_step=True, on_epoch=False)
-
-    def on_train_epoch_start(self) -> None:
-        self.batches_done_in_epoch = 0
 
     def on_train_end(self) -> None:
         """With ``nan_check`` off nothing stops a run whose weights went NaN/Inf: end it with an error (exit code 3)
@@ -309,8 +320,7 @@ class OfflineRLModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        checkpoint["c4_lightning"] = {"batches_done_in_epoch": self.batches_done_in_epoch,
-                                      "algo": type(self).__name__,
+        checkpoint["c4_lightning"] = {"algo": type(self).__name__,
                                       "env_id": getattr(dm, "env_id", None),
                                       "ref_scores": getattr(dm, "ref_scores", None),
                                       "rng": rng_state()}  # so a resumed run draws the same noise
@@ -319,7 +329,6 @@ class OfflineRLModule(L.LightningModule):
         hp = checkpoint.get("hyper_parameters", {})
         if not self._built and hp.get("obs_dim") is not None:
             self._build(hp["obs_dim"], hp["act_dim"])
-        self.batches_done_in_epoch = checkpoint.get("c4_lightning", {}).get("batches_done_in_epoch", 0)
         done = checkpoint.get("state_dict", {}).get("updates_done")
         self.n_updates = int(done) if done is not None else 0
         if self._trainer is not None:  # resuming with a Trainer (not load_from_checkpoint): continue the RNG streams

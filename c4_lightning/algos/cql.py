@@ -19,7 +19,6 @@ import torch
 
 from c4_lightning.algos.base import OfflineRLModule, check_hyperparameters
 from c4_lightning.algos.networks import CriticEnsemble, TanhGaussianActor, orthogonal_init_, soft_update_
-from c4_lightning.c4.config import C4Config
 
 
 def cql_conservative_gap(q_pred, q_rand, q_curr, q_next, logp_curr, logp_next, act_dim: int, max_action: float,
@@ -51,9 +50,6 @@ class CQL(OfflineRLModule):
 
     def __init__(
         self,
-        obs_dim: int | None = None,  # None: from the data
-        act_dim: int | None = None,  # None: from the data
-        max_action: float = 1.0,  # actions are max_action * tanh(.)
         policy_lr: float = 3e-5,  # actor learning rate
         qf_lr: float = 3e-4,  # critic learning rate
         hidden_dims: tuple[int, ...] = (256, 256, 256),  # hidden layers of every network
@@ -76,22 +72,14 @@ class CQL(OfflineRLModule):
         bc_steps: int = 0,  # behaviour-cloning updates of the actor first
         bc_weight: float = 0.0,  # weight of -log pi(a_data|s) in the actor loss
         critic_layer_norm: bool = False,  # LayerNorm in the critics' hidden layers (C4 authors)
-        c4: C4Config | None = None,  # the C4 option group (off: the exact baseline)
-        probe_size: int = 2048,  # transitions of the cross-covariance probe set
-        log_every_n_steps: int = 50,  # logging interval (linked to the Trainer's)
-        nan_check: bool = True,  # stop before a non-finite loss reaches the weights
-        compile: bool = False,  # torch.compile the networks
-        fused_adam: bool = True,  # PyTorch's fused Adam kernel
+        **kwargs,  # the options every algorithm shares (OfflineRLModule)
     ):
-        super().__init__(obs_dim, act_dim, max_action, c4, probe_size, log_every_n_steps, nan_check, compile,
-                         fused_adam)
-        check_hyperparameters(gamma, tau, hidden_dims, policy_lr=policy_lr, qf_lr=qf_lr, cql_temp=cql_temp,
-                              max_action=max_action)
+        super().__init__(**kwargs)
+        check_hyperparameters(gamma, tau, hidden_dims, policy_lr=policy_lr, qf_lr=qf_lr, cql_temp=cql_temp)
         if cql_n_actions < 1:
             raise ValueError(f"model.cql_n_actions={cql_n_actions} must be >= 1")
         if cql_alpha < 0 or bc_weight < 0 or bc_steps < 0:
             raise ValueError("model.cql_alpha, model.bc_weight and model.bc_steps must be >= 0")
-        self.save_hyperparameters(ignore=["c4"])
         self.finish_init()
 
     def build_networks(self, obs_dim: int, act_dim: int) -> None:

@@ -28,7 +28,6 @@ from torch.distributions import Normal
 
 from c4_lightning.algos.base import OfflineRLModule, check_hyperparameters
 from c4_lightning.algos.networks import CriticEnsemble, _mlp, soft_update_
-from c4_lightning.c4.config import C4Config
 from c4_lightning.c4.penalty import PENALTIES
 
 EXP_ADV_MAX = 100.0
@@ -81,9 +80,6 @@ class IQL(OfflineRLModule):
 
     def __init__(
         self,
-        obs_dim: int | None = None,
-        act_dim: int | None = None,
-        max_action: float = 1.0,
         actor_lr: float = 3e-4,  # policy learning rate
         qf_lr: float = 3e-4,  # twin Q learning rate
         vf_lr: float = 3e-4,  # value network learning rate
@@ -95,17 +91,11 @@ class IQL(OfflineRLModule):
         actor_lr_cosine_steps: int | None = 1_000_000,  # CORL anneals over max_timesteps
         normalize_rewards: bool = True,  # rewards * 1000 / return range (CORL, locomotion)
         critic_layer_norm: bool = False,  # LayerNorm in the Q and V hidden layers
-        c4: C4Config | None = None,  # the C4 option group
-        probe_size: int = 2048,  # transitions of the cross-covariance probe set
-        log_every_n_steps: int = 50,  # logging interval (linked to the Trainer's)
-        nan_check: bool = True,  # stop before a non-finite loss reaches the weights
-        compile: bool = False,  # torch.compile the networks
-        fused_adam: bool = True,  # PyTorch's fused Adam kernel
+        **kwargs,  # the options every algorithm shares (OfflineRLModule)
     ):
-        super().__init__(obs_dim, act_dim, max_action, c4, probe_size, log_every_n_steps, nan_check, compile,
-                         fused_adam)
+        super().__init__(**kwargs)
         check_hyperparameters(gamma, tau, hidden_dims, actor_lr=actor_lr, qf_lr=qf_lr, vf_lr=vf_lr,
-                              temperature=temperature, max_action=max_action)
+                              temperature=temperature)
         if not 0 < expectile < 1:
             raise ValueError(f"model.expectile={expectile} must be in (0, 1)")
         if actor_lr_cosine_steps is not None and actor_lr_cosine_steps < 1:
@@ -115,7 +105,6 @@ class IQL(OfflineRLModule):
                              "backup is V(s'), which has no action input; use a feature penalty (cross_cov, "
                              "weighted_cross_cov, feature_dot)")
         self.register_buffer("reward_scale", torch.ones(()))
-        self.save_hyperparameters(ignore=["c4"])
         self.finish_init()
 
     def build_networks(self, obs_dim: int, act_dim: int) -> None:

@@ -6,7 +6,6 @@ from torch.nn import functional as F
 
 from c4_lightning.algos.base import OfflineRLModule, check_hyperparameters
 from c4_lightning.algos.networks import CriticEnsemble, DeterministicActor, soft_update_
-from c4_lightning.c4.config import C4Config
 
 
 class TD3BC(OfflineRLModule):
@@ -28,9 +27,6 @@ class TD3BC(OfflineRLModule):
 
     def __init__(
         self,
-        obs_dim: int | None = None,  # None: from the data
-        act_dim: int | None = None,  # None: from the data
-        max_action: float = 1.0,  # actions are max_action * tanh(.)
         actor_lr: float = 3e-4,  # actor learning rate
         critic_lr: float = 3e-4,  # critic learning rate
         hidden_dims: tuple[int, ...] = (256, 256),  # hidden layers of every network
@@ -43,17 +39,10 @@ class TD3BC(OfflineRLModule):
         q_normalizer: str = "batch",  # mean|Q| per batch (TD3+BC) or running average
         q_normalizer_momentum: float = 0.99,  # the running average's momentum
         critic_layer_norm: bool = False,  # LayerNorm in the critics' hidden layers (C4 authors)
-        c4: C4Config | None = None,  # the C4 option group (off: the exact baseline)
-        probe_size: int = 2048,  # transitions of the cross-covariance probe set
-        log_every_n_steps: int = 50,  # logging interval (linked to the Trainer's)
-        nan_check: bool = True,  # stop before a non-finite loss reaches the weights
-        compile: bool = False,  # torch.compile the networks
-        fused_adam: bool = True,  # PyTorch's fused Adam kernel
+        **kwargs,  # the options every algorithm shares (OfflineRLModule)
     ):
-        super().__init__(obs_dim, act_dim, max_action, c4, probe_size, log_every_n_steps, nan_check, compile,
-                         fused_adam)
-        check_hyperparameters(gamma, tau, hidden_dims, actor_lr=actor_lr, critic_lr=critic_lr, alpha=alpha,
-                              max_action=max_action)
+        super().__init__(**kwargs)
+        check_hyperparameters(gamma, tau, hidden_dims, actor_lr=actor_lr, critic_lr=critic_lr, alpha=alpha)
         if policy_delay < 1:
             raise ValueError(f"model.policy_delay={policy_delay} must be >= 1")
         if q_normalizer not in ("batch", "running"):
@@ -63,7 +52,6 @@ class TD3BC(OfflineRLModule):
         if q_normalizer == "running":  # only then: baseline checkpoints keep exactly TD3+BC's state
             self.register_buffer("q_abs_average", torch.zeros(()))
             self.register_buffer("q_abs_updates", torch.zeros(()))
-        self.save_hyperparameters(ignore=["c4"])
         self.finish_init()
 
     def build_networks(self, obs_dim: int, act_dim: int) -> None:

@@ -4,7 +4,8 @@ All per-step fields live in one float32 matrix ``[N, F]`` (on the training devic
 ``data_on_device``), so a batch is a single ``index_select``; the batch dict holds column
 views of the gathered rows:
 
-``observations, actions, rewards, next_observations, next_actions, terminals, last_steps, indices``
+``observations, actions, rewards, next_observations, next_actions, terminals, indices`` (``indices``: the dataset rows
+of the batch, for diagnostics).
 
 Observations (and next observations) are normalised with ``obs_mean``/``obs_std`` when
 ``normalize_observations``; rewards become ``rewards * reward_scale + reward_bias``.
@@ -32,7 +33,7 @@ from c4_lightning.data.sampler import ClusterBatchSampler
 from c4_lightning.data.transitions import Transitions, check_finite, mix, observation_stats
 
 OBS_STD_EPS = 1e-3
-SCALAR_FIELDS = ("rewards", "terminals", "last_steps")
+SCALAR_FIELDS = ("rewards", "terminals")
 
 
 class PackedTransitions:
@@ -190,7 +191,6 @@ class OfflineRLDataModule(pl.LightningDataModule):
             ("next_observations", (t.next_observations - mean) / std),
             ("next_actions", next_actions),
             ("terminals", t.terminals),
-            ("last_steps", t.last_steps),
         ]
         layout, start, mats = {}, 0, []
         for name, value in columns:
@@ -364,24 +364,18 @@ class OfflineRLDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------ checkpoint state
 
-    def _consumed_in_epoch(self) -> int | None:
-        """Batches of the current epoch already trained on: the module's ``batches_done_in_epoch``
-        when it has one, else Lightning's own count; None (the sampler's count) without a trainer."""
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Called by the training loop for each batch it is about to train on (after the loader's prefetch): the
+        sampler counts it, so its resume position is the batches consumed."""
         trainer = self.trainer
-        if trainer is None:
-            return None
-        module = getattr(trainer, "lightning_module", None)
-        if module is not None and hasattr(module, "batches_done_in_epoch"):
-            return int(module.batches_done_in_epoch)
-        try:
-            return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
-        except AttributeError:
-            return 0
+        if self.sampler is not None and trainer is not None and trainer.training:
+            self.sampler.mark_consumed()
+        return batch
 
     def state_dict(self) -> dict[str, Any]:
         if self.sampler is None:
             return {"sampler": self._pending_sampler_state} if self._pending_sampler_state else {}
-        return {"sampler": self.sampler.state_dict(self._consumed_in_epoch())}
+        return {"sampler": self.sampler.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state = state_dict.get("sampler")

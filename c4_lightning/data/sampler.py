@@ -124,6 +124,7 @@ class ClusterBatchSampler(DistributedSampler):
         self._min_cluster_size_arg = None if min_cluster_size is None else int(min_cluster_size)
         self._resume_position: int | None = None
         self._yielded_in_epoch = 0
+        self._consumed_in_epoch: int | None = None  # counted only when a training loop reports consumption
         self._epoch_finished = False
         self.last_cluster = -1
         self._index_gen = torch.Generator()
@@ -284,6 +285,8 @@ class ClusterBatchSampler(DistributedSampler):
         self.epoch = int(epoch)
         self._epoch_finished = False
         self._yielded_in_epoch = 0 if self._resume_position is None else self._resume_position
+        if self._consumed_in_epoch is not None:
+            self._consumed_in_epoch = self._yielded_in_epoch
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         """Batches ``epoch*S + i`` for i from the resume position (else 0) to S-1. Iterating again
@@ -296,6 +299,8 @@ class ClusterBatchSampler(DistributedSampler):
         self._resume_position = None
         base = self.epoch * self.steps_per_epoch
         self._yielded_in_epoch = start
+        if self._consumed_in_epoch is not None:
+            self._consumed_in_epoch = start
         for i in range(start, self.steps_per_epoch):
             idx, self.last_cluster = self.batch(base + i)
             self._yielded_in_epoch = i + 1
@@ -307,10 +312,22 @@ class ClusterBatchSampler(DistributedSampler):
 
     # ------------------------------------------------------------------ state
 
+    def mark_consumed(self) -> None:
+        """One more batch of the current epoch was trained on. The training loop reports this (through the
+        datamodule's ``on_after_batch_transfer``, called for the batch about to be trained), because the loader
+        fetches a batch ahead: the resume position is the batches *consumed*, not the batches yielded."""
+        self._consumed_in_epoch = (self._consumed_in_epoch or 0) + 1
+
+    @property
+    def position(self) -> int:
+        """Batches of the current epoch consumed (reported by :meth:`mark_consumed`) or, when nothing reports
+        consumption (plain iteration), yielded."""
+        return self._yielded_in_epoch if self._consumed_in_epoch is None else self._consumed_in_epoch
+
     def state_dict(self, consumed_in_epoch: int | None = None) -> dict[str, Any]:
-        """State to resume the stream after ``consumed_in_epoch`` batches of the current epoch
-        (default: the batches this sampler has yielded in it)."""
-        consumed = self._yielded_in_epoch if consumed_in_epoch is None else int(consumed_in_epoch)
+        """State to resume the stream after ``consumed_in_epoch`` batches of the current epoch (default: its own
+        :attr:`position`)."""
+        consumed = self.position if consumed_in_epoch is None else int(consumed_in_epoch)
         if consumed < 0:
             raise SamplerError(f"consumed_in_epoch must be >= 0, got {consumed}")
         epoch = self.epoch + consumed // self.steps_per_epoch
