@@ -3,6 +3,7 @@ timed plain-PyTorch loops, refit timing, machine description and plain-text tabl
 
 Everything here measures; nothing asserts a speed.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -72,8 +73,14 @@ def quiet() -> None:
 
 
 def machine_info(threads: int, device: str = "cpu") -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-            "cpu_count": os.cpu_count(), "torch_threads": threads, "device": device}
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": threads,
+        "device": device,
+    }
     try:
         with open("/proc/cpuinfo") as f:
             names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
@@ -107,12 +114,17 @@ def sync(device: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- data
-def make_datamodule(dataset_id: str = DEFAULT_DATASET, max_transitions: int | None = None,
-                    steps_per_epoch: int = STEPS_PER_EPOCH, batch_size: int = BATCH_SIZE):
+def make_datamodule(
+    dataset_id: str = DEFAULT_DATASET,
+    max_transitions: int | None = None,
+    steps_per_epoch: int = STEPS_PER_EPOCH,
+    batch_size: int = BATCH_SIZE,
+):
     from c4_lightning.data.datamodule import OfflineRLDataModule
 
-    dm = OfflineRLDataModule(dataset_id=dataset_id, max_transitions=max_transitions, batch_size=batch_size,
-                             steps_per_epoch=steps_per_epoch)
+    dm = OfflineRLDataModule(
+        dataset_id=dataset_id, max_transitions=max_transitions, batch_size=batch_size, steps_per_epoch=steps_per_epoch
+    )
     dm.setup("fit")  # loads, normalises and packs once (CPU); the Trainer moves it to its device
     return dm
 
@@ -168,19 +180,34 @@ def make_module(algo: str, c4: bool | str, refit_every_n_epochs: int = 0, **mode
 
     cls = {"td3bc": TD3BC, "cql": CQL}[algo]
     penalty = c4 if isinstance(c4, str) else "cross_cov"
-    return cls(c4=C4Config(enabled=bool(c4), penalty=penalty, refit_every_n_epochs=refit_every_n_epochs),
-               **model_kwargs)
+    return cls(
+        c4=C4Config(enabled=bool(c4), penalty=penalty, refit_every_n_epochs=refit_every_n_epochs), **model_kwargs
+    )
 
 
 def make_trainer(mode: str, max_steps: int, callbacks: list, root: str, device: str, precision: str = "32-true"):
     import lightning as L
 
     accelerator = "gpu" if device.startswith("cuda") else "cpu"
-    common = dict(accelerator=accelerator, devices=1, max_steps=max_steps, max_epochs=-1, num_sanity_val_steps=0,
-                  limit_val_batches=0, default_root_dir=root, precision=precision)
+    common = dict(
+        accelerator=accelerator,
+        devices=1,
+        max_steps=max_steps,
+        max_epochs=-1,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        default_root_dir=root,
+        precision=precision,
+    )
     if mode == "lean":
-        return L.Trainer(logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                         enable_model_summary=False, callbacks=callbacks, **common)
+        return L.Trainer(
+            logger=False,
+            enable_progress_bar=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            callbacks=callbacks,
+            **common,
+        )
     if mode == "default":
         # what `train.py fit --config configs/...` runs: TensorBoard every 50 steps, the CLI's progress bar, model
         # summary, the configs' ModelCheckpoint(save_last, every epoch); no evaluation callback.
@@ -188,14 +215,28 @@ def make_trainer(mode: str, max_steps: int, callbacks: list, root: str, device: 
 
         from c4_lightning.cli import C4ProgressBar
 
-        return L.Trainer(callbacks=[*callbacks, C4ProgressBar(), ModelCheckpoint(save_last=True, every_n_epochs=1)],
-                         log_every_n_steps=50, **common)
+        return L.Trainer(
+            callbacks=[*callbacks, C4ProgressBar(), ModelCheckpoint(save_last=True, every_n_epochs=1)],
+            log_every_n_steps=50,
+            **common,
+        )
     raise ValueError(f"unknown Trainer mode {mode!r}; use lean or default")
 
 
-def time_lightning(algo: str, c4: bool | str, dm_factory: Callable, warmup: int, steps: int, threads: int,
-                   mode: str = "lean", device: str = "cpu", seed: int = 0, return_model: bool = False,
-                   precision: str = "32-true", **model_kwargs) -> dict:
+def time_lightning(
+    algo: str,
+    c4: bool | str,
+    dm_factory: Callable,
+    warmup: int,
+    steps: int,
+    threads: int,
+    mode: str = "lean",
+    device: str = "cpu",
+    seed: int = 0,
+    return_model: bool = False,
+    precision: str = "32-true",
+    **model_kwargs,
+) -> dict:
     """One fit of ``warmup + steps`` updates through the real Trainer; returns updates/s of the timed part
     (and, with ``return_model``, the trained module, its datamodule and the C4 partition labels, if any)."""
     import lightning as L
@@ -233,8 +274,17 @@ def plain_batches(packed: torch.Tensor, layout: dict, batch_size: int, seed: int
         yield rows[:, obs_s], rows[:, act_s], rows[:, rew_c], rows[:, nobs_s], rows[:, term_c]
 
 
-def time_plain(algo: str, dm, warmup: int, steps: int, threads: int, device: str = "cpu", seed: int = 0,
-               adam_kwargs: dict | None = None, precision: str = "32-true") -> dict:
+def time_plain(
+    algo: str,
+    dm,
+    warmup: int,
+    steps: int,
+    threads: int,
+    device: str = "cpu",
+    seed: int = 0,
+    adam_kwargs: dict | None = None,
+    precision: str = "32-true",
+) -> dict:
     """The plain PyTorch reference loop (benchmarks/plain_loop.py), same networks, batch 256, same packed data;
     ``adam_kwargs`` go to its ``torch.optim.Adam`` (default: PyTorch's default, the for-loop Adam on a CPU).
     ``precision="bf16-mixed"`` runs each update under ``torch.autocast(dtype=bfloat16)`` (what a user adds to a
@@ -281,8 +331,9 @@ class _TimedRows:
         return out
 
 
-def time_refit(critic, critic_target, obs, act, next_obs, next_act, previous_labels, cfg, seed: int,
-               scatter: bool, device: str) -> dict:
+def time_refit(
+    critic, critic_target, obs, act, next_obs, next_act, previous_labels, cfg, seed: int, scatter: bool, device: str
+) -> dict:
     """One refit as ``ClusterRefitCallback.partition`` runs it, split into phases (seconds):
 
     ``fit_partition`` on a ``CriticFeatureRows`` source (the features are computed inside the fit: the fit
@@ -312,18 +363,32 @@ def time_refit(critic, critic_target, obs, act, next_obs, next_act, previous_lab
     src = _TimedRows(CriticFeatureRows(critic, critic_target, obs, act, next_obs, next_act, kind=cfg.feature))
     ClusterModel.predict = timed_predict
     try:
-        labels, model = fit_partition(src, n_clusters=cfg.n_clusters, pca_dim=cfg.pca_dim,
-                                      fit_subsample=cfg.fit_subsample, seed=seed, previous_labels=previous_labels)
+        labels, model = fit_partition(
+            src,
+            n_clusters=cfg.n_clusters,
+            pca_dim=cfg.pca_dim,
+            fit_subsample=cfg.fit_subsample,
+            seed=seed,
+            previous_labels=previous_labels,
+        )
     finally:
         ClusterModel.predict = real_predict
     total = now() - t0
-    out = {"features": src.seconds, "predict": predict_seconds[0], "refit": total, "n": int(src.shape[0]),
-           "feature_dim": int(src.shape[1]), "warm_started": bool(model.warm_started), "gmm_iters": int(model.n_iter)}
+    out = {
+        "features": src.seconds,
+        "predict": predict_seconds[0],
+        "refit": total,
+        "n": int(src.shape[0]),
+        "feature_dim": int(src.shape[1]),
+        "warm_started": bool(model.warm_started),
+        "gmm_iters": int(model.n_iter),
+    }
     out["fit"] = total - out["features"] - out["predict"]
     if scatter:
         t4 = now()
-        cluster_scatter_image(src.source, model, labels, np.zeros(len(labels), dtype=np.int64), ["data"],
-                              max_points=5000)
+        cluster_scatter_image(
+            src.source, model, labels, np.zeros(len(labels), dtype=np.int64), ["data"], max_points=5000
+        )
         out["scatter"] = now() - t4
     return out
 

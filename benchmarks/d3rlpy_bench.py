@@ -17,6 +17,7 @@ Run as a worker (``throughput.py`` does this in d3rlpy's own virtual environment
 It prints one JSON line: updates/s through ``fit()`` (d3rlpy's own sampling + update + bookkeeping) and
 through ``update()`` alone on pre-sampled batches.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,15 +59,20 @@ def transitions_to_mdp_arrays(obs, act, rew, next_obs, next_act, terminals, last
     starts = np.r_[0, ends[:-1] + 1]
     open_end = terminals[ends] < 0.5  # episodes that bootstrap at their last step: one extra row each
     m = n + int(open_end.sum())
-    out = {"observations": np.empty((m, obs.shape[1]), np.float32), "actions": np.empty((m, act.shape[1]), np.float32),
-           "rewards": np.zeros(m, np.float32), "terminals": np.zeros(m, np.float32),
-           "timeouts": np.zeros(m, np.float32), "row_of": np.empty(n, np.int64)}
+    out = {
+        "observations": np.empty((m, obs.shape[1]), np.float32),
+        "actions": np.empty((m, act.shape[1]), np.float32),
+        "rewards": np.zeros(m, np.float32),
+        "terminals": np.zeros(m, np.float32),
+        "timeouts": np.zeros(m, np.float32),
+        "row_of": np.empty(n, np.int64),
+    }
     r = 0
     for s, e, extra in zip(starts, ends, open_end):
         length = e - s + 1
         sl = slice(r, r + length)
-        out["observations"][sl], out["actions"][sl], out["rewards"][sl] = obs[s:e + 1], act[s:e + 1], rew[s:e + 1]
-        out["row_of"][s:e + 1] = np.arange(r, r + length)
+        out["observations"][sl], out["actions"][sl], out["rewards"][sl] = obs[s : e + 1], act[s : e + 1], rew[s : e + 1]
+        out["row_of"][s : e + 1] = np.arange(r, r + length)
         r += length
         if extra:
             out["observations"][r], out["actions"][r] = next_obs[e], next_act[e]
@@ -82,20 +88,31 @@ def datamodule_arrays(dm) -> dict:
     """The datamodule's training data (normalised observations, scaled rewards) as conversion inputs."""
     p, lay = dm.packed.cpu().numpy(), dm.layout
     col = lambda name: p[:, lay[name].start]  # noqa: E731  (scalar fields as [N])
-    return dict(obs=p[:, lay["observations"]], act=p[:, lay["actions"]], rew=col("rewards"),
-                next_obs=p[:, lay["next_observations"]], next_act=p[:, lay["next_actions"]],
-                terminals=col("terminals"), last_steps=col("last_steps"),
-                episode_ids=dm.transitions.episode_ids.cpu().numpy())
+    return dict(
+        obs=p[:, lay["observations"]],
+        act=p[:, lay["actions"]],
+        rew=col("rewards"),
+        next_obs=p[:, lay["next_observations"]],
+        next_act=p[:, lay["next_actions"]],
+        terminals=col("terminals"),
+        last_steps=col("last_steps"),
+        episode_ids=dm.transitions.episode_ids.cpu().numpy(),
+    )
 
 
 def to_mdp_dataset(arrays: dict):
     """``transitions_to_mdp_arrays`` output -> ``d3rlpy.dataset.MDPDataset`` (continuous actions)."""
     import d3rlpy
 
-    return d3rlpy.dataset.MDPDataset(observations=arrays["observations"], actions=arrays["actions"],
-                                     rewards=arrays["rewards"], terminals=arrays["terminals"],
-                                     timeouts=arrays["timeouts"], action_space=d3rlpy.ActionSpace.CONTINUOUS,
-                                     action_size=arrays["actions"].shape[1])
+    return d3rlpy.dataset.MDPDataset(
+        observations=arrays["observations"],
+        actions=arrays["actions"],
+        rewards=arrays["rewards"],
+        terminals=arrays["terminals"],
+        timeouts=arrays["timeouts"],
+        action_space=d3rlpy.ActionSpace.CONTINUOUS,
+        action_size=arrays["actions"].shape[1],
+    )
 
 
 def make_algo(name: str, device: str = "cpu"):
@@ -107,18 +124,41 @@ def make_algo(name: str, device: str = "cpu"):
     dev = "cuda:0" if device.startswith("cuda") else False
     if name == "td3bc":
         enc = VectorEncoderFactory(hidden_units=[256, 256])
-        cfg = d3rlpy.algos.TD3PlusBCConfig(actor_learning_rate=3e-4, critic_learning_rate=3e-4, batch_size=256,
-                                           gamma=0.99, tau=0.005, n_critics=2, target_smoothing_sigma=0.2,
-                                           target_smoothing_clip=0.5, alpha=2.5, update_actor_interval=2,
-                                           actor_encoder_factory=enc, critic_encoder_factory=enc)
+        cfg = d3rlpy.algos.TD3PlusBCConfig(
+            actor_learning_rate=3e-4,
+            critic_learning_rate=3e-4,
+            batch_size=256,
+            gamma=0.99,
+            tau=0.005,
+            n_critics=2,
+            target_smoothing_sigma=0.2,
+            target_smoothing_clip=0.5,
+            alpha=2.5,
+            update_actor_interval=2,
+            actor_encoder_factory=enc,
+            critic_encoder_factory=enc,
+        )
     elif name == "cql":
         enc = VectorEncoderFactory(hidden_units=[256, 256, 256])
         # alpha_learning_rate=0: no Lagrange on the CQL weight (our default); temperature tuned with the policy lr
-        cfg = d3rlpy.algos.CQLConfig(actor_learning_rate=3e-5, critic_learning_rate=3e-4, temp_learning_rate=3e-5,
-                                     alpha_learning_rate=0.0, batch_size=256, gamma=0.99, tau=5e-3, n_critics=2,
-                                     initial_temperature=1.0, initial_alpha=1.0, conservative_weight=10.0,
-                                     n_action_samples=10, soft_q_backup=False, max_q_backup=False,
-                                     actor_encoder_factory=enc, critic_encoder_factory=enc)
+        cfg = d3rlpy.algos.CQLConfig(
+            actor_learning_rate=3e-5,
+            critic_learning_rate=3e-4,
+            temp_learning_rate=3e-5,
+            alpha_learning_rate=0.0,
+            batch_size=256,
+            gamma=0.99,
+            tau=5e-3,
+            n_critics=2,
+            initial_temperature=1.0,
+            initial_alpha=1.0,
+            conservative_weight=10.0,
+            n_action_samples=10,
+            soft_q_backup=False,
+            max_q_backup=False,
+            actor_encoder_factory=enc,
+            critic_encoder_factory=enc,
+        )
     else:
         raise ValueError(f"unknown algorithm {name!r}")
     return cfg.create(device=dev)
@@ -141,8 +181,16 @@ def time_d3rlpy(name: str, dataset, warmup: int, steps: int, device: str = "cpu"
         stamps.append(now())
 
     total = warmup + steps
-    algo.fit(dataset, n_steps=total, n_steps_per_epoch=total, show_progress=False, save_interval=10**9,
-             logger_adapter=NoopAdapterFactory(), with_timestamp=False, callback=callback)
+    algo.fit(
+        dataset,
+        n_steps=total,
+        n_steps_per_epoch=total,
+        show_progress=False,
+        save_interval=10**9,
+        logger_adapter=NoopAdapterFactory(),
+        with_timestamp=False,
+        callback=callback,
+    )
     fit_ups = steps / (stamps[total - 1] - stamps[warmup - 1]) if warmup > 0 else float("nan")
     # update() alone: batches sampled beforehand (d3rlpy samples transition by transition in Python)
     pool = [dataset.sample_transition_batch(256) for _ in range(min(steps, 64))]
@@ -194,8 +242,12 @@ def main(argv=None) -> None:
         return
     dm = make_datamodule(args.dataset, args.max_transitions)
     dataset = to_mdp_dataset(transitions_to_mdp_arrays(**datamodule_arrays(dm)))
-    result = {"d3rlpy": d3rlpy.__version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "transitions": int(dataset.transition_count)}
+    result = {
+        "d3rlpy": d3rlpy.__version__,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "transitions": int(dataset.transition_count),
+    }
     for name in [a for a in args.algos.split(",") if a]:
         steps = args.cql_steps if (name == "cql" and args.cql_steps) else args.steps
         warmup = args.cql_warmup if (name == "cql" and args.cql_warmup is not None) else args.warmup

@@ -12,6 +12,7 @@ critic's parameters, and the marginal CPU milliseconds C4 adds to an update: the
 rows, the penalty and its backward to the features (the critic's own forward and backward are shared with the TD
 loss and not counted). Nothing is trained.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,14 @@ def main(argv=None) -> dict:
     batches = []
     for _ in range(args.batches):
         idx = torch.randint(obs.shape[0], (256,), generator=g)
-        batches.append({"observations": obs[idx], "actions": act[idx], "next_observations": next_obs[idx],
-                        "next_actions": next_act[idx]})
+        batches.append(
+            {
+                "observations": obs[idx],
+                "actions": act[idx],
+                "next_observations": next_obs[idx],
+                "next_actions": next_act[idx],
+            }
+        )
     params = list(module.critic.parameters())
     one = torch.ones(())
     rows = [int(r) for r in args.rows.split(",")] + [256]
@@ -66,8 +73,9 @@ def main(argv=None) -> dict:
                 _, feats = module.critic(b["observations"], b["actions"], return_features=True)
                 feats = feats.detach().requires_grad_(True)  # the critic's own pass is shared with the TD loss
                 t0 = time.thread_time()
-                _, next_feats = c4.target_q(module.critic_target, b["next_observations"], b["next_actions"],
-                                            b["next_actions"])
+                _, next_feats = c4.target_q(
+                    module.critic_target, b["next_observations"], b["next_actions"], b["next_actions"]
+                )
                 value = c4.penalty(module, b, feats, next_feats, one, {})
                 torch.autograd.grad(value, feats, allow_unused=True)
                 t1 = time.thread_time()
@@ -84,20 +92,32 @@ def main(argv=None) -> dict:
         for m in rows:
             values, grads, times = per_rows[m]
             cos = [float(torch.nn.functional.cosine_similarity(a, e, dim=0)) for a, e in zip(grads, exact_grads)]
-            results.append({"penalty": name, "rows": m, "mean_over_exact": statistics.fmean(values) / exact_mean,
-                            "cv": statistics.pstdev(values) / statistics.fmean(values),
-                            "grad_cosine": statistics.fmean(cos), "ms": 1e3 * statistics.median(times),
-                            "ms_over_exact": statistics.median(times) / statistics.median(exact_times)})
+            results.append(
+                {
+                    "penalty": name,
+                    "rows": m,
+                    "mean_over_exact": statistics.fmean(values) / exact_mean,
+                    "cv": statistics.pstdev(values) / statistics.fmean(values),
+                    "grad_cosine": statistics.fmean(cos),
+                    "ms": 1e3 * statistics.median(times),
+                    "ms_over_exact": statistics.median(times) / statistics.median(exact_times),
+                }
+            )
     print(f"# {args.ckpt}: {args.batches} batches of 256 (uniform), critic {type(module).__name__}")
-    print("| penalty | rows | mean / exact mean | CV over batches | grad cosine to exact | marginal ms per update "
-          "| cost / exact |")
+    print(
+        "| penalty | rows | mean / exact mean | CV over batches | grad cosine to exact | marginal ms per update "
+        "| cost / exact |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['penalty']} | {r['rows']} | {r['mean_over_exact']:.3f} | {r['cv']:.3f} | {r['grad_cosine']:.3f} | "
-              f"{r['ms']:.2f} | {r['ms_over_exact']:.2f} |")
+        print(
+            f"| {r['penalty']} | {r['rows']} | {r['mean_over_exact']:.3f} | {r['cv']:.3f} | {r['grad_cosine']:.3f} | "
+            f"{r['ms']:.2f} | {r['ms_over_exact']:.2f} |"
+        )
     if args.json:
         Path(args.json).write_text(
-            json.dumps({"ckpt": args.ckpt, "batches": args.batches, "results": results}, indent=1))
+            json.dumps({"ckpt": args.ckpt, "batches": args.batches, "results": results}, indent=1)
+        )
     return {"results": results}
 
 

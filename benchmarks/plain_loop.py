@@ -5,6 +5,7 @@ They serve twice: as the speed baseline of ``benchmarks/throughput.py`` and as t
 arithmetic is written out here on purpose, independent of the LightningModules, with the same networks
 and the same order of random draws.
 """
+
 from __future__ import annotations
 
 import copy
@@ -13,8 +14,13 @@ import math
 import torch
 from torch.nn import functional as F
 
-from c4_lightning.algos.networks import (CriticEnsemble, DeterministicActor, TanhGaussianActor, orthogonal_init_,
-                                         soft_update_)
+from c4_lightning.algos.networks import (
+    CriticEnsemble,
+    DeterministicActor,
+    TanhGaussianActor,
+    orthogonal_init_,
+    soft_update_,
+)
 
 
 def _target(net):
@@ -24,16 +30,33 @@ def _target(net):
 
 
 class PlainTD3BC:
-    def __init__(self, obs_dim, act_dim, hidden=(256, 256), lr=3e-4, gamma=0.99, tau=0.005, alpha=2.5,
-                 policy_noise=0.2, noise_clip=0.5, policy_delay=2, max_action=1.0, adam_kwargs=None):
+    def __init__(
+        self,
+        obs_dim,
+        act_dim,
+        hidden=(256, 256),
+        lr=3e-4,
+        gamma=0.99,
+        tau=0.005,
+        alpha=2.5,
+        policy_noise=0.2,
+        noise_clip=0.5,
+        policy_delay=2,
+        max_action=1.0,
+        adam_kwargs=None,
+    ):
         self.actor = DeterministicActor(obs_dim, act_dim, hidden, max_action)
         self.critic = CriticEnsemble(obs_dim, act_dim, hidden, 2)
         self.actor_target, self.critic_target = _target(self.actor), _target(self.critic)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=lr, **(adam_kwargs or {}))
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=lr, **(adam_kwargs or {}))
         self.gamma, self.tau, self.alpha = gamma, tau, alpha
-        self.policy_noise, self.noise_clip, self.policy_delay, self.max_action = (policy_noise, noise_clip,
-                                                                                  policy_delay, max_action)
+        self.policy_noise, self.noise_clip, self.policy_delay, self.max_action = (
+            policy_noise,
+            noise_clip,
+            policy_delay,
+            max_action,
+        )
         self.it = 0
 
     def update(self, obs, act, rew, next_obs, term):
@@ -64,8 +87,21 @@ class PlainTD3BC:
 class PlainCQL:
     """CQL(H) with automatic entropy tuning, importance sampling, no Lagrange, no max-backup (CORL defaults)."""
 
-    def __init__(self, obs_dim, act_dim, hidden=(256, 256, 256), policy_lr=3e-5, qf_lr=3e-4, gamma=0.99,
-                 tau=5e-3, cql_alpha=10.0, n_actions=10, temp=1.0, max_action=1.0, adam_kwargs=None):
+    def __init__(
+        self,
+        obs_dim,
+        act_dim,
+        hidden=(256, 256, 256),
+        policy_lr=3e-5,
+        qf_lr=3e-4,
+        gamma=0.99,
+        tau=5e-3,
+        cql_alpha=10.0,
+        n_actions=10,
+        temp=1.0,
+        max_action=1.0,
+        adam_kwargs=None,
+    ):
         self.actor = TanhGaussianActor(obs_dim, act_dim, hidden, max_action)
         self.critic = CriticEnsemble(obs_dim, act_dim, hidden, 2)
         orthogonal_init_(self.actor)
@@ -78,8 +114,14 @@ class PlainCQL:
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=policy_lr, **adam_kwargs)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=policy_lr, **adam_kwargs)
         self.target_entropy = -float(act_dim)
-        self.gamma, self.tau, self.cql_alpha, self.n, self.temp, self.max_action = (gamma, tau, cql_alpha, n_actions,
-                                                                                    temp, max_action)
+        self.gamma, self.tau, self.cql_alpha, self.n, self.temp, self.max_action = (
+            gamma,
+            tau,
+            cql_alpha,
+            n_actions,
+            temp,
+            max_action,
+        )
 
     def update(self, obs, act, rew, next_obs, term):
         B, A, n = obs.shape[0], act.shape[-1], self.n
@@ -88,7 +130,8 @@ class PlainCQL:
             a_curr, logp_curr = self.actor(obs_rep)
             a_next, logp_next = self.actor(next_obs_rep)
             a_rand = torch.empty(B * n, A, device=obs.device, dtype=obs.dtype).uniform_(
-                -self.max_action, self.max_action)
+                -self.max_action, self.max_action
+            )
             a_backup, _ = self.actor(next_obs)  # every sample from the pre-update policy (CORL, Kumar et al.)
         new_act, log_pi = self.actor(obs)
         alpha_loss = -(self.log_alpha * (log_pi.detach() + self.target_entropy)).mean()

@@ -23,6 +23,7 @@ Training time between refits = the default cadence's updates (``C4Config().refit
 TD3BC+C4 update rate: ``--ups``, else ``--throughput-json`` (median ``td3bc/lean+c4`` of throughput.py), else
 measured here with a short lean Lightning run on the 10k data (the update rate does not depend on N).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,28 +43,40 @@ import bench_utils as bu  # noqa: E402
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description="Time one C4 refit at 10k/100k/1M transitions",
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description="Time one C4 refit at 10k/100k/1M transitions", formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="small sizes (10k real, 20k, 50k synthetic), short rate run")
     ap.add_argument("--sizes", default=None, help="comma list of transition counts (default 10000,100000,1000000)")
     ap.add_argument("--repeats", type=int, default=1, help="timed refits per size, median reported (default 1)")
     ap.add_argument("--threads", type=int, default=1, help="torch/BLAS threads (default 1)")
     ap.add_argument("--algo", default="td3bc", choices=["td3bc", "cql"], help="critic size: td3bc 2x256, cql 3x256")
-    ap.add_argument("--real-dataset", default=bu.DEFAULT_DATASET,
-                    help="embedded dataset used for the size equal to its length ('' = synthetic only)")
+    ap.add_argument(
+        "--real-dataset",
+        default=bu.DEFAULT_DATASET,
+        help="embedded dataset used for the size equal to its length ('' = synthetic only)",
+    )
     ap.add_argument("--ups", type=float, default=None, help="TD3BC+C4 updates/s to use (skips the rate measurement)")
     ap.add_argument("--throughput-json", default=None, help="take the rate from throughput.py --json output")
-    ap.add_argument("--ups-steps", type=int, default=None,
-                    help="timed updates of the rate measurement (default 300, quick 40)")
+    ap.add_argument(
+        "--ups-steps", type=int, default=None, help="timed updates of the rate measurement (default 300, quick 40)"
+    )
     ap.add_argument("--scatter", action="store_true", help="also time the TensorBoard scatter image of a refit")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--clock", default="wall", choices=["wall", "cpu"],
-                    help="wall (default) or cpu: process CPU time, robust on a machine shared with other jobs")
+    ap.add_argument(
+        "--clock",
+        default="wall",
+        choices=["wall", "cpu"],
+        help="wall (default) or cpu: process CPU time, robust on a machine shared with other jobs",
+    )
     ap.add_argument("--json", default=None, help="write the measurements to this JSON file")
     args = ap.parse_args(argv)
-    args.sizes = [int(float(s)) for s in (args.sizes or ("10000,20000,50000" if args.quick else
-                                                            "10000,100000,1000000")).split(",") if s]
+    args.sizes = [
+        int(float(s))
+        for s in (args.sizes or ("10000,20000,50000" if args.quick else "10000,100000,1000000")).split(",")
+        if s
+    ]
     args.ups_steps = args.ups_steps or (40 if args.quick else 300)
     return args
 
@@ -97,8 +110,16 @@ def measure_ups(args) -> tuple[float, str]:
         key = f"{args.algo}/lean+c4"
         return float(data["median_ups"][key]), f"{key} from {args.throughput_json}"
     warm = max(2, args.ups_steps // 10)
-    res = bu.time_lightning(args.algo, True, lambda: bu.make_datamodule(bu.DEFAULT_DATASET), warm, args.ups_steps,
-                            args.threads, "lean", bu.resolve_device(args.device))
+    res = bu.time_lightning(
+        args.algo,
+        True,
+        lambda: bu.make_datamodule(bu.DEFAULT_DATASET),
+        warm,
+        args.ups_steps,
+        args.threads,
+        "lean",
+        bu.resolve_device(args.device),
+    )
     return res["ups"], f"measured: Lightning lean {args.algo}+C4, {args.ups_steps} updates after {warm} warm-up"
 
 
@@ -116,13 +137,21 @@ def main(argv=None) -> dict:
     interval = cfg.refit_interval_updates(bu.STEPS_PER_EPOCH)
     info = bu.machine_info(args.threads, device)
     t_start = time.perf_counter()
-    print(f"# refit_scale: {info['cpu']}, torch {info['torch']} ({args.threads} thread(s)), device {device}, "
-          f"load avg {info.get('loadavg_1m', '?')}, {args.clock} clock", flush=True)
-    print(f"# C4 defaults: K={cfg.n_clusters}, pca_dim={cfg.pca_dim}, fit_subsample={cfg.fit_subsample}, "
-          f"refit every {interval} updates", flush=True)
+    print(
+        f"# refit_scale: {info['cpu']}, torch {info['torch']} ({args.threads} thread(s)), device {device}, "
+        f"load avg {info.get('loadavg_1m', '?')}, {args.clock} clock",
+        flush=True,
+    )
+    print(
+        f"# C4 defaults: K={cfg.n_clusters}, pca_dim={cfg.pca_dim}, fit_subsample={cfg.fit_subsample}, "
+        f"refit every {interval} updates",
+        flush=True,
+    )
     ups, ups_note = measure_ups(args)
-    print(f"# TD3BC+C4 rate: {ups:.1f} updates/s ({ups_note}) -> {interval / ups:.0f} s of training between refits",
-          flush=True)
+    print(
+        f"# TD3BC+C4 rate: {ups:.1f} updates/s ({ups_note}) -> {interval / ups:.0f} s of training between refits",
+        flush=True,
+    )
 
     real_n, real = None, None
     if args.real_dataset:
@@ -136,20 +165,49 @@ def main(argv=None) -> dict:
             data, source = real, f"real ({args.real_dataset})"
         else:
             data, source = synthetic_hopper(n, args.seed), "synthetic Hopper-shaped"
-        critic = CriticEnsemble(11 if source.startswith("synthetic") else data[0].shape[1],
-                                3 if source.startswith("synthetic") else data[1].shape[1], hidden, 2).to(device)
+        critic = CriticEnsemble(
+            11 if source.startswith("synthetic") else data[0].shape[1],
+            3 if source.startswith("synthetic") else data[1].shape[1],
+            hidden,
+            2,
+        ).to(device)
         target = CriticEnsemble(critic.input_dim - data[1].shape[1], data[1].shape[1], hidden, 2).to(device)
         target.load_state_dict(critic.state_dict())
         t0 = time.perf_counter()
-        prev, _ = fit_partition(raw_features(data[0], data[1]), n_clusters=cfg.n_clusters, pca_dim=cfg.pca_dim,
-                                fit_subsample=cfg.fit_subsample, seed=args.seed)
+        prev, _ = fit_partition(
+            raw_features(data[0], data[1]),
+            n_clusters=cfg.n_clusters,
+            pca_dim=cfg.pca_dim,
+            fit_subsample=cfg.fit_subsample,
+            seed=args.seed,
+        )
         initial = time.perf_counter() - t0
-        times = [bu.time_refit(critic, target, *data, previous_labels=prev, cfg=cfg, seed=args.seed + 1 + i,
-                            scatter=args.scatter and i == 0, device=device) for i in range(args.repeats)]
-        rec = {k: bu.median([t[k] for t in times if k in t]) for k in ("features", "fit", "predict", "refit", "scatter")
-               if any(k in t for t in times)}
-        rec.update(n=n, source=source, initial_partition=initial, gmm_iters=times[0]["gmm_iters"],
-                   warm_started=times[0]["warm_started"], feature_dim=times[0]["feature_dim"])
+        times = [
+            bu.time_refit(
+                critic,
+                target,
+                *data,
+                previous_labels=prev,
+                cfg=cfg,
+                seed=args.seed + 1 + i,
+                scatter=args.scatter and i == 0,
+                device=device,
+            )
+            for i in range(args.repeats)
+        ]
+        rec = {
+            k: bu.median([t[k] for t in times if k in t])
+            for k in ("features", "fit", "predict", "refit", "scatter")
+            if any(k in t for t in times)
+        }
+        rec.update(
+            n=n,
+            source=source,
+            initial_partition=initial,
+            gmm_iters=times[0]["gmm_iters"],
+            warm_started=times[0]["warm_started"],
+            feature_dim=times[0]["feature_dim"],
+        )
         between = interval / ups
         rec["training_s_between_refits"] = between
         rec["refit_fraction_pct"] = 100 * rec["refit"] / between
@@ -157,22 +215,55 @@ def main(argv=None) -> dict:
         # smallest refit interval (updates) that keeps one refit under 5 % of training
         rec["min_updates_for_5pct"] = int(math.floor(20 * rec["refit"] * ups)) + 1
         records.append(rec)
-        rows.append([f"{n:,}", source.split(" (")[0], rec["features"], rec["fit"], rec["predict"], rec["refit"],
-                     rec.get("scatter"), rec["gmm_iters"], between, rec["refit_fraction_pct"],
-                     rec["min_updates_for_5pct"]])
+        rows.append(
+            [
+                f"{n:,}",
+                source.split(" (")[0],
+                rec["features"],
+                rec["fit"],
+                rec["predict"],
+                rec["refit"],
+                rec.get("scatter"),
+                rec["gmm_iters"],
+                between,
+                rec["refit_fraction_pct"],
+                rec["min_updates_for_5pct"],
+            ]
+        )
         print(f"# N={n:,} done: refit {rec['refit']:.2f} s ({time.perf_counter() - t_start:.0f} s elapsed)", flush=True)
         del data, critic, target, times
 
     print()
-    print(bu.format_table(
-        ["N", "data", "features s", "fit s (std+PCA+GMM)", "predict s", "refit s", "scatter s (TB)", "EM iters",
-         "training s between refits", "refit % of training", "min updates between refits for < 5 %"], rows,
-        title=f"## One C4 refit vs the training time between refits ({interval} updates at {ups:.1f} updates/s, "
-              f"{args.threads} thread(s))"))
+    print(
+        bu.format_table(
+            [
+                "N",
+                "data",
+                "features s",
+                "fit s (std+PCA+GMM)",
+                "predict s",
+                "refit s",
+                "scatter s (TB)",
+                "EM iters",
+                "training s between refits",
+                "refit % of training",
+                "min updates between refits for < 5 %",
+            ],
+            rows,
+            title=f"## One C4 refit vs the training time between refits ({interval} updates at {ups:.1f} updates/s, "
+            f"{args.threads} thread(s))",
+        )
+    )
     print("goal: refit % of training < 5 at 1M transitions at the default cadence")
     print(f"# total wall time {time.perf_counter() - t_start:.0f} s")
-    out = {"machine": info, "args": vars(args), "ups": ups, "ups_note": ups_note, "interval_updates": interval,
-           "results": records}
+    out = {
+        "machine": info,
+        "args": vars(args),
+        "ups": ups,
+        "ups_note": ups_note,
+        "interval_updates": interval,
+        "results": records,
+    }
     if args.json:
         bu.write_json(args.json, out)
         print(f"# wrote {args.json}")

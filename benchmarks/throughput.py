@@ -27,6 +27,7 @@ default interval (``C4Config().refit_interval_updates``, 1000 updates):
 
     C4 total overhead = (t_step(C4) - t_step(no C4)) + t_refit / interval      (per update)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,37 +52,60 @@ NAMES = {"td3bc": "TD3+BC", "cql": "CQL"}
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(
         description="Gradient updates per second: Lightning (C4 on/off) vs plain loop vs d3rlpy",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true",
-                    help="tiny budgets (< 3 min): 40/8 timed steps, 2 repeats, lean only")
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="tiny budgets (< 3 min): 40/8 timed steps, 2 repeats, lean only"
+    )
     ap.add_argument("--steps", type=int, default=None, help="timed TD3+BC updates per run (default 2000; quick 40)")
     ap.add_argument("--cql-steps", type=int, default=None, help="timed CQL updates per run (default steps // 8)")
-    ap.add_argument("--warmup", type=int, default=None,
-                    help="untimed updates before timing (default 50, quick 5; CQL uses max(2, warmup // 5))")
-    ap.add_argument("--repeats", type=int, default=None,
-                    help="runs per contender, median reported (default 3, quick 2)")
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="untimed updates before timing (default 50, quick 5; CQL uses max(2, warmup // 5))",
+    )
+    ap.add_argument(
+        "--repeats", type=int, default=None, help="runs per contender, median reported (default 3, quick 2)"
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch threads for every contender (default 1)")
     ap.add_argument("--modes", default=None, help="Trainer settings to time: lean,default (default both; quick: lean)")
     ap.add_argument("--algos", default="td3bc,cql", help="comma list of td3bc,cql")
-    ap.add_argument("--penalties", default=None,
-                    help="C4 penalties to time, comma list of cross_cov,feature_dot,grad_cross_cov "
-                         "(default cross_cov,feature_dot; quick: cross_cov)")
+    ap.add_argument(
+        "--penalties",
+        default=None,
+        help="C4 penalties to time, comma list of cross_cov,feature_dot,grad_cross_cov "
+        "(default cross_cov,feature_dot; quick: cross_cov)",
+    )
     ap.add_argument("--dataset", default=bu.DEFAULT_DATASET)
     ap.add_argument("--max-transitions", type=int, default=None)
     ap.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     ap.add_argument("--no-d3rlpy", action="store_true", help="skip d3rlpy")
-    ap.add_argument("--d3rlpy-python", default=None,
-                    help="python with d3rlpy==2.8.0 "
-                         "(default: this python if it has d3rlpy, else /work/venv-bench/bin/python)")
+    ap.add_argument(
+        "--d3rlpy-python",
+        default=None,
+        help="python with d3rlpy==2.8.0 (default: this python if it has d3rlpy, else /work/venv-bench/bin/python)",
+    )
     ap.add_argument("--refit-repeats", type=int, default=None, help="timed refits (default 3, quick 1)")
-    ap.add_argument("--clock", default="wall", choices=["wall", "cpu"],
-                    help="wall (default) or cpu: process CPU time, robust on a machine shared with other jobs")
-    ap.add_argument("--before", default=None, metavar="DIR",
-                    help="a checkout of an earlier commit (git worktree add DIR <commit>): each round also runs its "
-                         "throughput.py (lean Trainer, no d3rlpy, one repeat) for a before/after table in one sitting")
-    ap.add_argument("--precision", default="32-true",
-                    help="comma list of Trainer precisions to time, e.g. 32-true,bf16-mixed (16-mixed: CUDA); every "
-                         "contender runs at each, interleaved; ratios are against the fp32 plain loop")
+    ap.add_argument(
+        "--clock",
+        default="wall",
+        choices=["wall", "cpu"],
+        help="wall (default) or cpu: process CPU time, robust on a machine shared with other jobs",
+    )
+    ap.add_argument(
+        "--before",
+        default=None,
+        metavar="DIR",
+        help="a checkout of an earlier commit (git worktree add DIR <commit>): each round also runs its "
+        "throughput.py (lean Trainer, no d3rlpy, one repeat) for a before/after table in one sitting",
+    )
+    ap.add_argument(
+        "--precision",
+        default="32-true",
+        help="comma list of Trainer precisions to time, e.g. 32-true,bf16-mixed (16-mixed: CUDA); every "
+        "contender runs at each, interleaved; ratios are against the fp32 plain loop",
+    )
     ap.add_argument("--compile", action="store_true", help="also time the Lightning lean variants with compile=True")
     ap.add_argument("--json", default=None, help="write all measurements to this JSON file")
     args = ap.parse_args(argv)
@@ -119,16 +143,21 @@ def parse_args(argv=None):
 
 # ---------------------------------------------------------------------------------------------- d3rlpy
 def find_d3rlpy_python(explicit: str | None) -> tuple[str | None, str]:
-    candidates = [explicit] if explicit else [sys.executable, os.environ.get("C4_BENCH_D3RLPY_PYTHON"),
-                                              "/work/venv-bench/bin/python"]
+    candidates = (
+        [explicit]
+        if explicit
+        else [sys.executable, os.environ.get("C4_BENCH_D3RLPY_PYTHON"), "/work/venv-bench/bin/python"]
+    )
     for py in [c for c in candidates if c]:
         if not (Path(py).exists() or shutil.which(py)):
             continue
         r = subprocess.run([py, "-c", "import d3rlpy; print(d3rlpy.__version__)"], capture_output=True, text=True)
         if r.returncode == 0:
             return py, r.stdout.strip()
-    return None, ("d3rlpy is not importable (install the `bench` extra, d3rlpy==2.8.0, in a separate venv: "
-                  "see BENCHMARKS.md) - d3rlpy rows skipped")
+    return None, (
+        "d3rlpy is not importable (install the `bench` extra, d3rlpy==2.8.0, in a separate venv: "
+        "see BENCHMARKS.md) - d3rlpy rows skipped"
+    )
 
 
 def run_before(args, round_index: int) -> dict:
@@ -136,38 +165,81 @@ def run_before(args, round_index: int) -> dict:
     root = Path(args.before).resolve()
     with tempfile.TemporaryDirectory(prefix="c4bench_before_") as tmp:
         out = Path(tmp) / "before.json"
-        cmd = [sys.executable, str(root / "benchmarks" / "throughput.py"), "--steps", str(args.steps),
-               "--cql-steps", str(args.cql_steps), "--warmup", str(args.warmup), "--repeats", "1",
-               "--threads", str(args.threads), "--modes", "lean", "--algos", ",".join(args.algos), "--no-d3rlpy",
-               "--refit-repeats", "1", "--clock", args.clock, "--device", args.device, "--json", str(out)]
+        cmd = [
+            sys.executable,
+            str(root / "benchmarks" / "throughput.py"),
+            "--steps",
+            str(args.steps),
+            "--cql-steps",
+            str(args.cql_steps),
+            "--warmup",
+            str(args.warmup),
+            "--repeats",
+            "1",
+            "--threads",
+            str(args.threads),
+            "--modes",
+            "lean",
+            "--algos",
+            ",".join(args.algos),
+            "--no-d3rlpy",
+            "--refit-repeats",
+            "1",
+            "--clock",
+            args.clock,
+            "--device",
+            args.device,
+            "--json",
+            str(out),
+        ]
         env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS=str(args.threads))
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp)  # cwd: not this checkout
         if r.returncode != 0 or not out.exists():
-            return {"error": f"--before round {round_index} failed (rc {r.returncode}): "
-                             f"{(r.stderr or r.stdout)[-500:]}"}
+            return {
+                "error": f"--before round {round_index} failed (rc {r.returncode}): {(r.stderr or r.stdout)[-500:]}"
+            }
         return json.loads(out.read_text())["median_ups"]
 
 
 def run_d3rlpy(py: str, args) -> dict:
-    cmd = [py, str(HERE / "d3rlpy_bench.py"), "--dataset", args.dataset, "--steps", str(args.steps),
-           "--cql-steps", str(args.cql_steps), "--warmup", str(args.warmup), "--cql-warmup", str(args.cql_warmup),
-           "--threads", str(args.threads),
-           "--device", args.device, "--algos", ",".join(args.algos), "--clock", args.clock]
+    cmd = [
+        py,
+        str(HERE / "d3rlpy_bench.py"),
+        "--dataset",
+        args.dataset,
+        "--steps",
+        str(args.steps),
+        "--cql-steps",
+        str(args.cql_steps),
+        "--warmup",
+        str(args.warmup),
+        "--cql-warmup",
+        str(args.cql_warmup),
+        "--threads",
+        str(args.threads),
+        "--device",
+        args.device,
+        "--algos",
+        ",".join(args.algos),
+        "--clock",
+        args.clock,
+    ]
     if args.max_transitions:
         cmd += ["--max-transitions", str(args.max_transitions)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(HERE.parent))
     for line in r.stdout.splitlines():
         if line.startswith("D3RLPY_RESULT "):
-            return json.loads(line[len("D3RLPY_RESULT "):])
+            return json.loads(line[len("D3RLPY_RESULT ") :])
     return {"error": f"d3rlpy worker failed (rc {r.returncode}): {(r.stderr or r.stdout).strip()[-500:]}"}
 
 
 def variant_key(algo: str, mode: str, penalty: str | None, precision: str = "32-true") -> str:
     """``td3bc/lean`` (no C4), ``td3bc/lean+c4`` (C4, cross_cov), ``td3bc/lean+c4:feature_dot`` (C4, other penalty);
     ``@bf16-mixed`` etc. appended for a precision other than fp32."""
-    key = (f"{algo}/{mode}" if penalty is None
-           else f"{algo}/{mode}+c4" + ("" if penalty == "cross_cov" else f":{penalty}"))
+    key = (
+        f"{algo}/{mode}" if penalty is None else f"{algo}/{mode}+c4" + ("" if penalty == "cross_cov" else f":{penalty}")
+    )
     return key if precision == "32-true" else f"{key}@{precision}"
 
 
@@ -180,11 +252,18 @@ def main(argv=None) -> dict:
     device = bu.resolve_device(args.device)
     t_start = time.perf_counter()
     info = bu.machine_info(args.threads, device)
-    print(f"# throughput: {info['cpu']}, {info['cpu_count']} cores, torch {info['torch']} ({args.threads} thread(s)), "
-          f"device {device}, load avg {info.get('loadavg_1m', '?')}", flush=True)
-    print(f"# dataset {args.dataset}" + (f" (max_transitions {args.max_transitions})" if args.max_transitions else "")
-          + f", batch {bu.BATCH_SIZE}; timed updates TD3+BC {args.steps}, CQL {args.cql_steps}; warmup {args.warmup}"
-          f"/{args.cql_warmup}; repeats {args.repeats}; modes {','.join(args.modes)}; {args.clock} clock", flush=True)
+    print(
+        f"# throughput: {info['cpu']}, {info['cpu_count']} cores, torch {info['torch']} ({args.threads} thread(s)), "
+        f"device {device}, load avg {info.get('loadavg_1m', '?')}",
+        flush=True,
+    )
+    print(
+        f"# dataset {args.dataset}"
+        + (f" (max_transitions {args.max_transitions})" if args.max_transitions else "")
+        + f", batch {bu.BATCH_SIZE}; timed updates TD3+BC {args.steps}, CQL {args.cql_steps}; warmup {args.warmup}"
+        f"/{args.cql_warmup}; repeats {args.repeats}; modes {','.join(args.modes)}; {args.clock} clock",
+        flush=True,
+    )
 
     def dm_factory():
         return bu.make_datamodule(args.dataset, args.max_transitions)
@@ -209,24 +288,61 @@ def main(argv=None) -> dict:
         for algo in args.algos:
             for prec in args.precision:
                 suffix = "" if prec == "32-true" else f"@{prec}"
-                add(f"{algo}/plain{suffix}", bu.time_plain(algo, dm_plain, warm[algo], steps[algo], args.threads,
-                                                           device, seed=r, precision=prec)["ups"])
-                add(f"{algo}/plain-fused{suffix}", bu.time_plain(algo, dm_plain, warm[algo], steps[algo], args.threads,
-                                                                 device, seed=r, adam_kwargs={"fused": True},
-                                                                 precision=prec)["ups"])
+                add(
+                    f"{algo}/plain{suffix}",
+                    bu.time_plain(
+                        algo, dm_plain, warm[algo], steps[algo], args.threads, device, seed=r, precision=prec
+                    )["ups"],
+                )
+                add(
+                    f"{algo}/plain-fused{suffix}",
+                    bu.time_plain(
+                        algo,
+                        dm_plain,
+                        warm[algo],
+                        steps[algo],
+                        args.threads,
+                        device,
+                        seed=r,
+                        adam_kwargs={"fused": True},
+                        precision=prec,
+                    )["ups"],
+                )
                 for mode in args.modes:
                     for pen in variants:
                         keep = pen == args.penalties[0] and mode == args.modes[0] and prec == "32-true"
-                        res = bu.time_lightning(algo, pen or False, dm_factory, warm[algo], steps[algo], args.threads,
-                                                mode, device, seed=r, return_model=keep, precision=prec)
+                        res = bu.time_lightning(
+                            algo,
+                            pen or False,
+                            dm_factory,
+                            warm[algo],
+                            steps[algo],
+                            args.threads,
+                            mode,
+                            device,
+                            seed=r,
+                            return_model=keep,
+                            precision=prec,
+                        )
                         add(variant_key(algo, mode, pen, prec), res["ups"])
                         if "model" in res:
                             c4_models[algo] = res
                         if res.get("note") and res["note"] not in notes:
                             notes.append(res["note"])
                 if args.compile:
-                    res = bu.time_lightning(algo, False, dm_factory, warm[algo], steps[algo], args.threads, "lean",
-                                            device, seed=r, precision=prec, compile=True)
+                    res = bu.time_lightning(
+                        algo,
+                        False,
+                        dm_factory,
+                        warm[algo],
+                        steps[algo],
+                        args.threads,
+                        "lean",
+                        device,
+                        seed=r,
+                        precision=prec,
+                        compile=True,
+                    )
                     add(f"{algo}/lean+compile{suffix}", res["ups"])
         if args.before:
             res = run_before(args, r)
@@ -259,16 +375,40 @@ def main(argv=None) -> dict:
         res = c4_models[algo]
         model, labels, dm = res["model"], res["labels"], res["datamodule"]
         obs, act, next_obs, next_act = dm.features_input()
-        times = [bu.time_refit(model.critic, model.critic_target, obs, act, next_obs, next_act, previous_labels=labels,
-                               cfg=cfg, seed=i + 1, scatter=(i == 0 and "default" in args.modes), device=device)
-                 for i in range(args.refit_repeats)]
-        refits[algo] = {k: bu.median([t[k] for t in times if k in t])
-                        for k in ("features", "fit", "predict", "refit", "scatter") if any(k in t for t in times)}
+        times = [
+            bu.time_refit(
+                model.critic,
+                model.critic_target,
+                obs,
+                act,
+                next_obs,
+                next_act,
+                previous_labels=labels,
+                cfg=cfg,
+                seed=i + 1,
+                scatter=(i == 0 and "default" in args.modes),
+                device=device,
+            )
+            for i in range(args.refit_repeats)
+        ]
+        refits[algo] = {
+            k: bu.median([t[k] for t in times if k in t])
+            for k in ("features", "fit", "predict", "refit", "scatter")
+            if any(k in t for t in times)
+        }
         refits[algo]["n"] = times[0]["n"]
 
     med = {k: bu.median(v) for k, v in samples.items()}
-    results = {"machine": info, "args": {k: v for k, v in vars(args).items()}, "samples": samples, "median_ups": med,
-               "refit_seconds": refits, "refit_interval_updates": interval, "d3rlpy": d3_note, "notes": notes}
+    results = {
+        "machine": info,
+        "args": {k: v for k, v in vars(args).items()},
+        "samples": samples,
+        "median_ups": med,
+        "refit_seconds": refits,
+        "refit_interval_updates": interval,
+        "d3rlpy": d3_note,
+        "notes": notes,
+    }
     results["summary"] = summarise(med, refits, interval, args)
     print()
     print(render(results, args))
@@ -294,10 +434,17 @@ def _overhead(med: dict, refits: dict, interval: int, algo: str, mode: str, pena
         refit += refits.get(algo, {}).get("scatter", 0.0)  # the TensorBoard scatter image is part of a refit there
     step_over = t_c4 - t_base
     amort = refit / interval
-    return {"c4/no-c4 (step)": _ratio(c4, base), "c4/no-c4 (total)": t_base / (t_c4 + amort),
-            "ms/update": 1e3 * t_base, "ms/update c4": 1e3 * t_c4, "penalty ms/update": 1e3 * step_over,
-            "refit s": refit, "refit ms/update": 1e3 * amort, "c4 overhead %": 100 * (step_over + amort) / t_base,
-            "refit % of training": 100 * refit / (interval * t_c4)}
+    return {
+        "c4/no-c4 (step)": _ratio(c4, base),
+        "c4/no-c4 (total)": t_base / (t_c4 + amort),
+        "ms/update": 1e3 * t_base,
+        "ms/update c4": 1e3 * t_c4,
+        "penalty ms/update": 1e3 * step_over,
+        "refit s": refit,
+        "refit ms/update": 1e3 * amort,
+        "c4 overhead %": 100 * (step_over + amort) / t_base,
+        "refit % of training": 100 * refit / (interval * t_c4),
+    }
 
 
 def summarise(med: dict, refits: dict, interval: int, args) -> dict:
@@ -309,11 +456,14 @@ def summarise(med: dict, refits: dict, interval: int, args) -> dict:
         for mode in args.modes:
             base = med.get(variant_key(algo, mode, None))
             per_penalty = {pen: _overhead(med, refits, interval, algo, mode, pen) for pen in args.penalties}
-            s[mode] = {"ours/plain": _ratio(base, med.get(f"{algo}/plain")),
-                       "ours/plain-fused": _ratio(base, med.get(f"{algo}/plain-fused")),
-                       "ours/d3rlpy-fit": _ratio(base, med.get(f"{algo}/d3rlpy-fit")),
-                       "ours/d3rlpy-update": _ratio(base, med.get(f"{algo}/d3rlpy-update")),
-                       **per_penalty[args.penalties[0]], "penalties": per_penalty}
+            s[mode] = {
+                "ours/plain": _ratio(base, med.get(f"{algo}/plain")),
+                "ours/plain-fused": _ratio(base, med.get(f"{algo}/plain-fused")),
+                "ours/d3rlpy-fit": _ratio(base, med.get(f"{algo}/d3rlpy-fit")),
+                "ours/d3rlpy-update": _ratio(base, med.get(f"{algo}/d3rlpy-update")),
+                **per_penalty[args.penalties[0]],
+                "penalties": per_penalty,
+            }
         out[algo] = s
     return out
 
@@ -321,73 +471,125 @@ def summarise(med: dict, refits: dict, interval: int, args) -> dict:
 def render(results: dict, args) -> str:
     med, summ = results["median_ups"], results["summary"]
     cols = [NAMES[a] for a in args.algos]
-    rows = [["plain PyTorch loop (CORL-style)", *[med.get(f"{a}/plain") for a in args.algos]],
-            ["plain PyTorch loop, fused Adam", *[med.get(f"{a}/plain-fused") for a in args.algos]]]
+    rows = [
+        ["plain PyTorch loop (CORL-style)", *[med.get(f"{a}/plain") for a in args.algos]],
+        ["plain PyTorch loop, fused Adam", *[med.get(f"{a}/plain-fused") for a in args.algos]],
+    ]
     for mode in args.modes:
         rows.append([f"Lightning {mode}", *[med.get(variant_key(a, mode, None)) for a in args.algos]])
         for pen in args.penalties:
-            rows.append([f"Lightning {mode} + C4 {pen} (no refit)", *[med.get(variant_key(a, mode, pen))
-                                                                      for a in args.algos]])
+            rows.append(
+                [f"Lightning {mode} + C4 {pen} (no refit)", *[med.get(variant_key(a, mode, pen)) for a in args.algos]]
+            )
     rows.append(["d3rlpy fit()", *[med.get(f"{a}/d3rlpy-fit") for a in args.algos]])
     rows.append(["d3rlpy update() only", *[med.get(f"{a}/d3rlpy-update") for a in args.algos]])
-    parts = [bu.format_table(["updates/s (median)", *cols], rows,
-                             title=f"## Updates per second (median of {args.repeats}, batch 256, "
-                                   f"{args.threads} thread(s))")]
+    parts = [
+        bu.format_table(
+            ["updates/s (median)", *cols],
+            rows,
+            title=f"## Updates per second (median of {args.repeats}, batch 256, {args.threads} thread(s))",
+        )
+    ]
     rrows = []
     for mode in args.modes:
-        for key, label in (("ours/plain", "ours / plain loop"), ("ours/plain-fused", "ours / plain loop, fused Adam"),
-                           ("ours/d3rlpy-fit", "ours / d3rlpy fit()"),
-                           ("ours/d3rlpy-update", "ours / d3rlpy update()")):
+        for key, label in (
+            ("ours/plain", "ours / plain loop"),
+            ("ours/plain-fused", "ours / plain loop, fused Adam"),
+            ("ours/d3rlpy-fit", "ours / d3rlpy fit()"),
+            ("ours/d3rlpy-update", "ours / d3rlpy update()"),
+        ):
             rrows.append([f"{label} [{mode}]", *[summ[a][mode][key] for a in args.algos]])
         for pen in args.penalties:
-            for key, label in (("c4/no-c4 (step)", "C4 / no-C4 (per step, no refit)"),
-                               ("c4/no-c4 (total)", "C4 / no-C4 (incl. amortised refit)")):
+            for key, label in (
+                ("c4/no-c4 (step)", "C4 / no-C4 (per step, no refit)"),
+                ("c4/no-c4 (total)", "C4 / no-C4 (incl. amortised refit)"),
+            ):
                 rrows.append([f"{label}, {pen} [{mode}]", *[summ[a][mode]["penalties"][pen][key] for a in args.algos]])
     parts.append(bu.format_table(["ratio (updates/s)", *cols], rrows, title="## Ratios (>1: the first is faster)"))
     orows = []
     for mode in args.modes:
         orows.append([f"ms/update, no C4 [{mode}]", *[summ[a][mode]["ms/update"] for a in args.algos]])
-        orows.append([f"one refit s{' (+ TensorBoard scatter)' if mode == 'default' else ''} [{mode}]",
-                      *[summ[a][mode]["refit s"] for a in args.algos]])
-        orows.append([f"refit amortised over {results['refit_interval_updates']} updates, ms [{mode}]",
-                      *[summ[a][mode]["refit ms/update"] for a in args.algos]])
+        orows.append(
+            [
+                f"one refit s{' (+ TensorBoard scatter)' if mode == 'default' else ''} [{mode}]",
+                *[summ[a][mode]["refit s"] for a in args.algos],
+            ]
+        )
+        orows.append(
+            [
+                f"refit amortised over {results['refit_interval_updates']} updates, ms [{mode}]",
+                *[summ[a][mode]["refit ms/update"] for a in args.algos],
+            ]
+        )
         for pen in args.penalties:
-            for key, label in (("ms/update c4", "ms/update, C4 (no refit)"),
-                               ("penalty ms/update", "C4 per-step cost ms (penalty + cluster sampling)"),
-                               ("c4 overhead %", "C4 total overhead %"),
-                               ("refit % of training", "refit time / training time between refits %")):
+            for key, label in (
+                ("ms/update c4", "ms/update, C4 (no refit)"),
+                ("penalty ms/update", "C4 per-step cost ms (penalty + cluster sampling)"),
+                ("c4 overhead %", "C4 total overhead %"),
+                ("refit % of training", "refit time / training time between refits %"),
+            ):
                 orows.append([f"{label}, {pen} [{mode}]", *[summ[a][mode]["penalties"][pen][key] for a in args.algos]])
-    parts.append(bu.format_table(["C4 overhead", *cols], orows,
-                                 title="## C4 overhead (penalty + amortised refit at the default interval)"))
+    parts.append(
+        bu.format_table(
+            ["C4 overhead", *cols], orows, title="## C4 overhead (penalty + amortised refit at the default interval)"
+        )
+    )
     if len(args.precision) > 1 or args.compile:
         prows = []
         for prec in args.precision:
             suffix = "" if prec == "32-true" else f"@{prec}"
-            items = [("plain loop", "plain"), ("plain loop, fused Adam", "plain-fused"), ("Lightning lean", "lean"),
-                     *[(f"Lightning lean + C4 {pen}", variant_key("", "lean", pen)[1:]) for pen in args.penalties]]
+            items = [
+                ("plain loop", "plain"),
+                ("plain loop, fused Adam", "plain-fused"),
+                ("Lightning lean", "lean"),
+                *[(f"Lightning lean + C4 {pen}", variant_key("", "lean", pen)[1:]) for pen in args.penalties],
+            ]
             if args.compile:
                 items.append(("Lightning lean, compile=True", "lean+compile"))
             for label, key in items:
-                prows.append([f"{label} [{prec}]", *[_ratio(med.get(f"{a}/{key}{suffix}"), med.get(f"{a}/plain"))
-                                                     for a in args.algos]])
-        parts.append(bu.format_table(["speed / fp32 plain loop", *cols], prows,
-                                     title="## Precision: updates/s relative to the fp32 plain loop (same sitting)"))
+                prows.append(
+                    [
+                        f"{label} [{prec}]",
+                        *[_ratio(med.get(f"{a}/{key}{suffix}"), med.get(f"{a}/plain")) for a in args.algos],
+                    ]
+                )
+        parts.append(
+            bu.format_table(
+                ["speed / fp32 plain loop", *cols],
+                prows,
+                title="## Precision: updates/s relative to the fp32 plain loop (same sitting)",
+            )
+        )
     if any(k.startswith("before:") for k in med):
         brows = []
         for a in args.algos:
-            for key, label in (("plain", "plain loop"), ("lean", "Lightning lean"),
-                               ("lean+c4", "Lightning lean + C4 cross_cov")):
+            for key, label in (
+                ("plain", "plain loop"),
+                ("lean", "Lightning lean"),
+                ("lean+c4", "Lightning lean + C4 cross_cov"),
+            ):
                 before, after = med.get(f"before:{a}/{key}"), med.get(f"{a}/{key}")
                 brows.append([f"{NAMES[a]} {label}", before, after, _ratio(after, before)])
-        parts.append(bu.format_table(["updates/s (median)", "before", "after", "after / before"], brows,
-                                     title=f"## Before ({results['args']['before']}) / after, same sitting"))
+        parts.append(
+            bu.format_table(
+                ["updates/s (median)", "before", "after", "after / before"],
+                brows,
+                title=f"## Before ({results['args']['before']}) / after, same sitting",
+            )
+        )
     frows = []
     for a in args.algos:
         r = results["refit_seconds"][a]
-        frows.append([NAMES[a], r["n"], r.get("features"), r.get("fit"), r.get("predict"), r.get("refit"),
-                      r.get("scatter")])
-    parts.append(bu.format_table(["refit phases (s)", "N", "features", "fit (std+PCA+GMM)", "predict", "total",
-                                  "scatter (TB only)"], frows, title="## One refit, by phase (median)"))
+        frows.append(
+            [NAMES[a], r["n"], r.get("features"), r.get("fit"), r.get("predict"), r.get("refit"), r.get("scatter")]
+        )
+    parts.append(
+        bu.format_table(
+            ["refit phases (s)", "N", "features", "fit (std+PCA+GMM)", "predict", "total", "scatter (TB only)"],
+            frows,
+            title="## One refit, by phase (median)",
+        )
+    )
     return "\n\n".join(parts)
 
 

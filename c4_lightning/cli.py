@@ -27,6 +27,7 @@ SLURM, see Lightning's multi-node docs). Each rank draws its own batch of the sa
 Precision: ``32-true`` (default), ``bf16-mixed`` (CPU and GPU) and ``16-mixed`` (CUDA only: fp16 autocast with
 Lightning's GradScaler, loss scaling inside ``manual_backward``; on a CPU Lightning substitutes ``bf16-mixed``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -87,8 +88,13 @@ _LITERAL = re.compile(r"typing\.Literal\[(.*?)\]")
 _EXPECTED = re.compile(r"^\(?Expected a <class '([^']+)'>\.? ?(?:Got value: (.*?))?\)?$")
 _GIVEN = re.compile(r"^Given value: (.*)$")
 _GOT = re.compile(r"Got value: (.*?)\)?$")
-_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value",
-          "Expected a <class 'NoneType'>")
+_NOISE = (
+    "Does not validate against any of the Union subtypes",
+    "Subtypes:",
+    "Errors:",
+    "Given value",
+    "Expected a <class 'NoneType'>",
+)
 
 
 def _full_option(key: str, argv: list[str] | None) -> str:
@@ -192,8 +198,12 @@ class C4ProgressBar(TQDMProgressBar):
     def __init__(self, refresh_rate: int = 10, **kwargs: Any) -> None:
         super().__init__(refresh_rate=refresh_rate, **kwargs)
 
-    SHOWN = (("critic_loss", "critic_loss"), ("train/critic_loss", "critic_loss"),
-             ("train/actor_loss", "actor_loss"), ("eval/normalized_score", "score"))
+    SHOWN = (
+        ("critic_loss", "critic_loss"),
+        ("train/critic_loss", "critic_loss"),
+        ("train/actor_loss", "actor_loss"),
+        ("eval/normalized_score", "score"),
+    )
     HIDDEN = ("v_num", "critic_loss", "eval/normalized_score")
 
     def get_metrics(self, trainer, pl_module) -> dict:
@@ -267,36 +277,53 @@ class C4LightningCLI(LightningCLI):
         model = self.config[subcommand].get("model")
         model = model.as_dict() if hasattr(model, "as_dict") else dict(model or {})
         requested = dict(model.get("init_args") or {})
-        changed = resume.compare(model.get("class_path"), requested, checkpoint.get("hyper_parameters") or {},
-                                 str(ckpt_path))
+        changed = resume.compare(
+            model.get("class_path"), requested, checkpoint.get("hyper_parameters") or {}, str(ckpt_path)
+        )
         super()._parse_ckpt_path()  # Lightning: the model configuration becomes the checkpoint's ...
         for key, (_, value) in changed.items():  # ... except what the resume applies as requested
             self.config[f"{subcommand}.model.init_args.{key}"] = value
         if changed:
-            print("resuming with changed settings: " + ", ".join(f"{k} {a!r} -> {b!r}"
-                                                                 for k, (a, b) in sorted(changed.items())),
-                  file=sys.stderr)
+            print(
+                "resuming with changed settings: "
+                + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items())),
+                file=sys.stderr,
+            )
 
     def init_parser(self, **kwargs) -> LightningArgumentParser:
         kwargs.setdefault("dump_header", ["c4_lightning config: python train.py fit --config this.yaml"])
         parser = OneLineErrorParser(**kwargs)
         parser.argv = self.argv
-        parser.add_argument("-c", "--config", action=ActionConfigFile,
-                            help="Path to a configuration file in json or yaml format.")
+        parser.add_argument(
+            "-c", "--config", action=ActionConfigFile, help="Path to a configuration file in json or yaml format."
+        )
         return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # one logging interval: the module logs exactly on the steps the Trainer writes to the logger
         parser.link_arguments("trainer.log_every_n_steps", "model.init_args.log_every_n_steps")
         # evaluation settings as options of the run's one EvalCallback (not a second one added to the list)
-        parser.add_argument("--eval.episodes", type=Optional[int], default=None,
-                            help="episodes per evaluation (EvalCallback.episodes)")
-        parser.add_argument("--eval.every_n_epochs", type=Optional[int], default=None,
-                            help="evaluate every N epochs (EvalCallback.every_n_epochs)")
-        parser.add_argument("--eval.final_window", type=Optional[int], default=None,
-                            help="the final score averages the last N evaluations (EvalCallback.final_window)")
-        parser.add_argument("--eval.seed", type=Optional[int], default=None,
-                            help="seed of the first evaluation episode (EvalCallback.seed)")
+        parser.add_argument(
+            "--eval.episodes", type=Optional[int], default=None, help="episodes per evaluation (EvalCallback.episodes)"
+        )
+        parser.add_argument(
+            "--eval.every_n_epochs",
+            type=Optional[int],
+            default=None,
+            help="evaluate every N epochs (EvalCallback.every_n_epochs)",
+        )
+        parser.add_argument(
+            "--eval.final_window",
+            type=Optional[int],
+            default=None,
+            help="the final score averages the last N evaluations (EvalCallback.final_window)",
+        )
+        parser.add_argument(
+            "--eval.seed",
+            type=Optional[int],
+            default=None,
+            help="seed of the first evaluation episode (EvalCallback.seed)",
+        )
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
         check_cpu_devices(config.get("accelerator"), config.get("devices"))
@@ -326,8 +353,10 @@ class C4LightningCLI(LightningCLI):
             if isinstance(c, ModelCheckpoint) and not c.save_last:
                 c.save_last = True
         enable_unused_parameter_detection(trainer.strategy)
-        configure_evaluation(trainer, (self.config.get(self.subcommand) or {}).get("eval") if self.subcommand
-                             else self.config.get("eval"))
+        configure_evaluation(
+            trainer,
+            (self.config.get(self.subcommand) or {}).get("eval") if self.subcommand else self.config.get("eval"),
+        )
         return trainer
 
     def _log_dir(self) -> Path | None:
@@ -351,8 +380,10 @@ class C4LightningCLI(LightningCLI):
         if ckpt:
             print(f"last checkpoint: {ckpt}")
         if score is not None:
-            print(f"final normalized score (mean of last {min(len(evals[0].history), evals[0].final_window)} "
-                  f"evaluations): {score:.2f}")
+            print(
+                f"final normalized score (mean of last {min(len(evals[0].history), evals[0].final_window)} "
+                f"evaluations): {score:.2f}"
+            )
 
 
 def logs_line(loggers, log_dir: Path | None) -> str:
@@ -387,8 +418,9 @@ def claim_run_dir(trainer) -> Path | None:
     process created, the only one its clean-up may remove."""
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    if (int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)) or 0) != 0
-            or int(os.environ.get("NODE_RANK", 0) or 0)):
+    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)) or 0) != 0 or int(
+        os.environ.get("NODE_RANK", 0) or 0
+    ):
         return None
     logger = trainer.loggers[0] if trainer.loggers else None
     if not isinstance(logger, (TensorBoardLogger, CSVLogger)) or logger._version is not None:
@@ -399,8 +431,9 @@ def claim_run_dir(trainer) -> Path | None:
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ValueError(f"cannot create the run folder {root} ({err.strerror or err}): pass a writable "
-                         "--trainer.default_root_dir") from err
+        raise ValueError(
+            f"cannot create the run folder {root} ({err.strerror or err}): pass a writable --trainer.default_root_dir"
+        ) from err
     version = logger._get_next_version()
     while True:
         path = root / f"version_{version}"
@@ -538,7 +571,6 @@ def _print_cause(err: BaseException) -> None:
         traceback.print_exception(err, file=sys.stderr)
 
 
-
 def check_cpu_devices(accelerator, devices) -> None:
     """Refuse, before any process starts, a CPU run with more processes than cores (each DDP process on a CPU
     is one full training replica: ``--trainer.devices 99`` would start 99 of them and hang the machine)."""
@@ -555,17 +587,21 @@ def check_cpu_devices(accelerator, devices) -> None:
     if n < 1:
         raise ValueError(f"trainer.devices={devices!r} must be >= 1 (on a CPU: the number of training processes)")
     if n > cores:
-        raise ValueError(f"trainer.devices={n} on a CPU would start {n} training processes on this machine's {cores} "
-                         f"cores; use --trainer.devices 1 (or at most {cores} with --trainer.strategy ddp)")
+        raise ValueError(
+            f"trainer.devices={n} on a CPU would start {n} training processes on this machine's {cores} "
+            f"cores; use --trainer.devices 1 (or at most {cores} with --trainer.strategy ddp)"
+        )
 
 
 def check_one_evaluator(callbacks) -> list:
     """Two evaluators are refused: each would run its own rollouts (e.g. a second one added with ``callbacks+=``)."""
     evaluators = [c for c in callbacks if isinstance(c, EvalCallback)]
     if len(evaluators) > 1:
-        raise ValueError(f"{len(evaluators)} EvalCallbacks are configured, and each runs its own evaluation episodes: "
-                         "keep one in trainer.callbacks and set its options with --eval.episodes, "
-                         "--eval.every_n_epochs, ...")
+        raise ValueError(
+            f"{len(evaluators)} EvalCallbacks are configured, and each runs its own evaluation episodes: "
+            "keep one in trainer.callbacks and set its options with --eval.episodes, "
+            "--eval.every_n_epochs, ..."
+        )
     return evaluators
 
 
@@ -589,18 +625,25 @@ def check_accelerator(accelerator) -> None:
 
     if str(accelerator).lower() not in ("gpu", "cuda") or torch.cuda.is_available():
         return
-    why = (f"this PyTorch {torch.__version__} is a CPU-only build" if not torch.version.cuda
-           else f"PyTorch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU (driver, CUDA_VISIBLE_DEVICES?)")
-    raise ValueError(f"trainer.accelerator={accelerator} but {why}: use --trainer.accelerator cpu (or auto), or "
-                     "install a CUDA build of PyTorch on a machine with a GPU")
+    why = (
+        f"this PyTorch {torch.__version__} is a CPU-only build"
+        if not torch.version.cuda
+        else f"PyTorch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU (driver, CUDA_VISIBLE_DEVICES?)"
+    )
+    raise ValueError(
+        f"trainer.accelerator={accelerator} but {why}: use --trainer.accelerator cpu (or auto), or "
+        "install a CUDA build of PyTorch on a machine with a GPU"
+    )
 
 
 def check_budget(max_steps, max_epochs) -> None:
     """A budget of zero updates trains nothing (and would leave an empty run folder behind)."""
     for name, value in (("max_steps", max_steps), ("max_epochs", max_epochs)):
         if value == 0:
-            raise ValueError(f"trainer.{name}=0 trains nothing: give a budget >= 1 (or -1 for no limit on "
-                             f"{name.split('_')[1]} when the other limit is set)")
+            raise ValueError(
+                f"trainer.{name}=0 trains nothing: give a budget >= 1 (or -1 for no limit on "
+                f"{name.split('_')[1]} when the other limit is set)"
+            )
 
 
 def check_config_files(argv: list[str]) -> None:
@@ -624,8 +667,9 @@ def check_config_files(argv: list[str]) -> None:
             context, started = getattr(err, "context", None), getattr(err, "context_mark", None)
             if context and started is not None and started is not mark:
                 context = f"{' '.join(context.split())} that starts at line {started.line + 1}"
-            raise ValueError(f"config {path}{where}: {problem}" + (f" ({context})" if context else "")
-                             + "; fix the YAML there") from err
+            raise ValueError(
+                f"config {path}{where}: {problem}" + (f" ({context})" if context else "") + "; fix the YAML there"
+            ) from err
 
 
 if __name__ == "__main__":  # python -m c4_lightning.cli fit ... (what c4-sweep runs for each trial)

@@ -1,4 +1,5 @@
 """``python -m c4_lightning.evaluate --ckpt PATH --episodes 10``: return and normalised score of a checkpoint."""
+
 from __future__ import annotations
 
 import argparse

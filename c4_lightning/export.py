@@ -12,6 +12,7 @@ deterministic actor, CQL's mean action ``max_action * tanh(mu(s))``).
     session = ort.InferenceSession("policy.onnx")
     action = session.run(None, {"obs": obs[None].astype("float32")})[0][0]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,16 +58,26 @@ def export_policy(ckpt: str | Path, out: str | Path, fmt: str = "torchscript") -
             try:
                 import onnx  # noqa: F401
             except ImportError as err:
-                raise ImportError("ONNX export needs the 'export' extra: pip install 'c4_lightning[export]' "
-                                  "(onnx, onnxscript, onnxruntime)") from err
-            torch.onnx.export(net, (example,), str(out), input_names=["obs"], output_names=["action"],
-                              dynamic_axes={"obs": {0: "batch"}, "action": {0: "batch"}}, dynamo=False)
+                raise ImportError(
+                    "ONNX export needs the 'export' extra: pip install 'c4_lightning[export]' "
+                    "(onnx, onnxscript, onnxruntime)"
+                ) from err
+            torch.onnx.export(
+                net,
+                (example,),
+                str(out),
+                input_names=["obs"],
+                output_names=["action"],
+                dynamic_axes={"obs": {0: "batch"}, "action": {0: "batch"}},
+                dynamo=False,
+            )
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="c4-export", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="c4-export", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--ckpt", required=True, help="checkpoint written by train.py (e.g. .../checkpoints/last.ckpt)")
     p.add_argument("--format", default="torchscript", choices=FORMATS)
     p.add_argument("--out", required=True, help="output file (e.g. policy.pt or policy.onnx)")

@@ -1,9 +1,10 @@
 """Using a trained policy outside training: ``load_policy(ckpt)`` acts on raw observations.
 
-    from c4_lightning import load_policy
-    policy = load_policy("runs/td3bc_c4/lightning_logs/version_0/checkpoints/last.ckpt")
-    action = policy(obs)            # raw env observation(s), numpy or torch; normalisation is inside
+from c4_lightning import load_policy
+policy = load_policy("runs/td3bc_c4/lightning_logs/version_0/checkpoints/last.ckpt")
+action = policy(obs)            # raw env observation(s), numpy or torch; normalisation is inside
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -51,17 +52,22 @@ class Policy:
 
     def __call__(self, obs):
         as_numpy = not isinstance(obs, torch.Tensor)
-        x = torch.as_tensor(np.asarray(obs, dtype=np.float32) if as_numpy else obs, dtype=torch.float32,
-                            device=self.module.device)
+        x = torch.as_tensor(
+            np.asarray(obs, dtype=np.float32) if as_numpy else obs, dtype=torch.float32, device=self.module.device
+        )
         if x.ndim not in (1, 2) or x.shape[-1] != self.obs_dim:
-            raise ValueError(f"observations of shape {tuple(x.shape)} do not fit this {self.algo} policy, which "
-                             f"takes [{self.obs_dim}] or [N, {self.obs_dim}] raw observations of {self.env_id}")
+            raise ValueError(
+                f"observations of shape {tuple(x.shape)} do not fit this {self.algo} policy, which "
+                f"takes [{self.obs_dim}] or [N, {self.obs_dim}] raw observations of {self.env_id}"
+            )
         act = self.module.act(x)
         return act.float().cpu().numpy() if as_numpy else act
 
     def __repr__(self) -> str:
-        return (f"Policy({self.algo}, env_id={self.env_id!r}, obs_dim={self.obs_dim}, act_dim={self.act_dim}, "
-                f"device={self.device})")
+        return (
+            f"Policy({self.algo}, env_id={self.env_id!r}, obs_dim={self.obs_dim}, act_dim={self.act_dim}, "
+            f"device={self.device})"
+        )
 
 
 def load_policy(ckpt: str | Path, map_location: str | torch.device = "cpu") -> Policy:
@@ -74,8 +80,9 @@ def load_policy(ckpt: str | Path, map_location: str | torch.device = "cpu") -> P
     info = checkpoint.get("c4_lightning") if isinstance(checkpoint, dict) else None
     classes = algorithm_classes()
     if not info or info.get("algo") not in classes:
-        raise ValueError(f"checkpoint {path} was not written by a c4_lightning run of a registered algorithm "
-                         f"({', '.join(classes)})")
+        raise ValueError(
+            f"checkpoint {path} was not written by a c4_lightning run of a registered algorithm ({', '.join(classes)})"
+        )
     module = classes[info["algo"]].load_from_checkpoint(path, map_location=map_location, weights_only=True)
     ref = info.get("ref_scores")
     return Policy(module, info.get("env_id"), tuple(ref) if ref else None)

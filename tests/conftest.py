@@ -4,6 +4,7 @@
 (the embedded folder) at a session-wide set of coded datasets (see tests/minari_fixtures.py);
 ``minari_dirs`` points them at fresh empty folders for tests that write their own.
 """
+
 from __future__ import annotations
 
 import os

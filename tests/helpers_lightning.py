@@ -10,6 +10,7 @@
 
 Other test files may import these; the signatures are kept stable.
 """
+
 from __future__ import annotations
 
 import sys
@@ -46,9 +47,15 @@ def bandit_a_star(obs: np.ndarray | torch.Tensor) -> np.ndarray:
     return (0.6 * np.tanh(obs.astype(np.float64) @ BANDIT_W)).astype(np.float32)
 
 
-def write_episodes_dataset(root: Path | str, dataset_id: str, episodes: Sequence[dict[str, np.ndarray]],
-                           env_id: str | None = None, ref_scores: tuple[float, float] | None = None,
-                           sources: Sequence[int] | None = None, source_names: Sequence[str] | None = None) -> str:
+def write_episodes_dataset(
+    root: Path | str,
+    dataset_id: str,
+    episodes: Sequence[dict[str, np.ndarray]],
+    env_id: str | None = None,
+    ref_scores: tuple[float, float] | None = None,
+    sources: Sequence[int] | None = None,
+    source_names: Sequence[str] | None = None,
+) -> str:
     """Write a Minari dataset under ``root`` from explicit episodes and return its id (``dataset_id``).
 
     Each episode is a dict with ``observations [T+1, d]``, ``actions [T, a]``, ``rewards [T]`` and optional
@@ -64,17 +71,34 @@ def write_episodes_dataset(root: Path | str, dataset_id: str, episodes: Sequence
         term = np.asarray(ep.get("terminations", np.r_[np.zeros(T - 1, bool), True]), dtype=bool)
         trunc = np.asarray(ep.get("truncations", np.zeros(T, bool)), dtype=bool)
         infos = None if sources is None else {"source": np.full(T + 1, int(sources[e]), dtype=np.int64)}
-        buffers.append(EpisodeBuffer(id=e, observations=obs, actions=act,
-                                     rewards=np.asarray(ep["rewards"], dtype=np.float64),
-                                     terminations=term, truncations=trunc, infos=infos))
+        buffers.append(
+            EpisodeBuffer(
+                id=e,
+                observations=obs,
+                actions=act,
+                rewards=np.asarray(ep["rewards"], dtype=np.float64),
+                terminations=term,
+                truncations=trunc,
+                infos=infos,
+            )
+        )
     obs_dim, act_dim = buffers[0].observations.shape[1], buffers[0].actions.shape[1]
-    build_minari_dataset(Path(root), dataset_id, obs_dim=obs_dim, act_dim=act_dim, env_id=env_id,
-                         source_names=source_names, ref_scores=ref_scores, buffers=buffers)
+    build_minari_dataset(
+        Path(root),
+        dataset_id,
+        obs_dim=obs_dim,
+        act_dim=act_dim,
+        env_id=env_id,
+        source_names=source_names,
+        ref_scores=ref_scores,
+        buffers=buffers,
+    )
     return dataset_id
 
 
-def write_bandit_dataset(root: Path | str, dataset_id: str = "toy/bandit-v0", n: int = 1000, seed: int = 0,
-                         obs_scale: float = 1.0) -> str:
+def write_bandit_dataset(
+    root: Path | str, dataset_id: str = "toy/bandit-v0", n: int = 1000, seed: int = 0, obs_scale: float = 1.0
+) -> str:
     """A one-step problem with a known answer: ``n`` one-step episodes, ``s ~ N(0, obs_scale^2 I_3)``,
     ``a ~ U[-1, 1]^2``, ``r = -||a - a*(s)||^2`` (:func:`bandit_a_star`), every step terminal."""
     rng = np.random.default_rng(seed)
@@ -82,14 +106,24 @@ def write_bandit_dataset(root: Path | str, dataset_id: str = "toy/bandit-v0", n:
     nxt = (rng.normal(size=(n, BANDIT_OBS_DIM)) * obs_scale).astype(np.float32)
     act = rng.uniform(-1, 1, size=(n, BANDIT_ACT_DIM)).astype(np.float32)
     rew = -((act - bandit_a_star(obs)) ** 2).sum(-1)
-    episodes = [{"observations": np.stack([obs[i], nxt[i]]), "actions": act[i:i + 1], "rewards": rew[i:i + 1]}
-                for i in range(n)]
+    episodes = [
+        {"observations": np.stack([obs[i], nxt[i]]), "actions": act[i : i + 1], "rewards": rew[i : i + 1]}
+        for i in range(n)
+    ]
     return write_episodes_dataset(root, dataset_id, episodes)
 
 
-def write_chain_dataset(root: Path | str, dataset_id: str = "toy/chain-v0", n_episodes: int = 40, length: int = 12,
-                        obs_dim: int = 4, act_dim: int = 2, seed: int = 0, env_id: str | None = None,
-                        ref_scores: tuple[float, float] | None = None) -> str:
+def write_chain_dataset(
+    root: Path | str,
+    dataset_id: str = "toy/chain-v0",
+    n_episodes: int = 40,
+    length: int = 12,
+    obs_dim: int = 4,
+    act_dim: int = 2,
+    seed: int = 0,
+    env_id: str | None = None,
+    ref_scores: tuple[float, float] | None = None,
+) -> str:
     """Random multi-step episodes (half terminated, half truncated) with 3 source labels, for wiring tests.
     ``env_id``/``ref_scores`` make it evaluable (shapes must then match the env)."""
     rng = np.random.default_rng(seed)
@@ -97,13 +131,24 @@ def write_chain_dataset(root: Path | str, dataset_id: str = "toy/chain-v0", n_ep
     for e in range(n_episodes):
         centre = rng.normal(size=obs_dim) * 3
         T = length
-        episodes.append({"observations": centre + rng.normal(size=(T + 1, obs_dim)),
-                         "actions": rng.uniform(-1, 1, size=(T, act_dim)),
-                         "rewards": rng.normal(size=T),
-                         "terminations": np.r_[np.zeros(T - 1, bool), e % 2 == 0],
-                         "truncations": np.r_[np.zeros(T - 1, bool), e % 2 == 1]})
-    return write_episodes_dataset(root, dataset_id, episodes, env_id=env_id, ref_scores=ref_scores,
-                                  sources=[e % 3 for e in range(n_episodes)], source_names=["a", "b", "c"])
+        episodes.append(
+            {
+                "observations": centre + rng.normal(size=(T + 1, obs_dim)),
+                "actions": rng.uniform(-1, 1, size=(T, act_dim)),
+                "rewards": rng.normal(size=T),
+                "terminations": np.r_[np.zeros(T - 1, bool), e % 2 == 0],
+                "truncations": np.r_[np.zeros(T - 1, bool), e % 2 == 1],
+            }
+        )
+    return write_episodes_dataset(
+        root,
+        dataset_id,
+        episodes,
+        env_id=env_id,
+        ref_scores=ref_scores,
+        sources=[e % 3 for e in range(n_episodes)],
+        source_names=["a", "b", "c"],
+    )
 
 
 _TOY_ROOTS: dict[str, Path] = {}
@@ -121,8 +166,9 @@ def toy_datasets(tmp_path_factory) -> Path:
         root = tmp_path_factory.mktemp("lightning_toy_minari")
         write_bandit_dataset(root)
         write_chain_dataset(root)
-        write_chain_dataset(root, HOPPERLIKE + "-v0", obs_dim=11, act_dim=3, seed=1, env_id="Hopper-v5",
-                            ref_scores=(-20.0, 3234.3))
+        write_chain_dataset(
+            root, HOPPERLIKE + "-v0", obs_dim=11, act_dim=3, seed=1, env_id="Hopper-v5", ref_scores=(-20.0, 3234.3)
+        )
         _TOY_ROOTS[key] = root
     return _TOY_ROOTS[key]
 
@@ -138,23 +184,40 @@ def toy_env(tmp_path_factory, monkeypatch) -> Path:
 
 # ---------------------------------------------------------------------------------------------- lightning
 
-def make_datamodule(dataset_id: str = HOPPER_10K, batch_size: int = 64, steps_per_epoch: int = 1000,
-                    **kwargs: Any) -> OfflineRLDataModule:
+
+def make_datamodule(
+    dataset_id: str = HOPPER_10K, batch_size: int = 64, steps_per_epoch: int = 1000, **kwargs: Any
+) -> OfflineRLDataModule:
     """An ``OfflineRLDataModule`` with small defaults (data stays on the CPU)."""
     kwargs.setdefault("data_on_device", False)
-    return OfflineRLDataModule(dataset_id=dataset_id, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
-                               **kwargs)
+    return OfflineRLDataModule(dataset_id=dataset_id, batch_size=batch_size, steps_per_epoch=steps_per_epoch, **kwargs)
 
 
-def make_trainer(root: Path | str, max_steps: int = -1, max_epochs: int | None = None, callbacks=(),
-                 logger: Logger | bool | None = None, log_every_n_steps: int = 1, **kwargs: Any) -> L.Trainer:
+def make_trainer(
+    root: Path | str,
+    max_steps: int = -1,
+    max_epochs: int | None = None,
+    callbacks=(),
+    logger: Logger | bool | None = None,
+    log_every_n_steps: int = 1,
+    **kwargs: Any,
+) -> L.Trainer:
     """A quiet single-process CPU ``Trainer`` (no checkpoints, no progress bar, no sanity check)."""
-    return L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps,
-                     max_epochs=max_epochs if max_epochs is not None else (-1 if max_steps > 0 else 1),
-                     callbacks=list(callbacks), logger=logger if logger is not None else False,
-                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                     num_sanity_val_steps=0, default_root_dir=str(root), log_every_n_steps=log_every_n_steps,
-                     **kwargs)
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=max_steps,
+        max_epochs=max_epochs if max_epochs is not None else (-1 if max_steps > 0 else 1),
+        callbacks=list(callbacks),
+        logger=logger if logger is not None else False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(root),
+        log_every_n_steps=log_every_n_steps,
+        **kwargs,
+    )
 
 
 class MemoryLogger(Logger):

@@ -9,6 +9,7 @@ Every value encodes where it came from, so alignment can be checked after loadin
 (``t < 1000`` and ``d < 10`` keep the codes exact in float32.) ``episodes`` is a list of
 ``(length, end)`` with ``end`` in ``{"term", "trunc", "none"}``.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,12 @@ from c4_lightning.data.transitions import Transitions
 
 # A default set: varied lengths (incl. a one-step episode), both kinds of endings.
 DEFAULT_EPISODES: list[tuple[int, str]] = [
-    (5, "term"), (3, "trunc"), (7, "term"), (1, "trunc"), (4, "trunc"), (6, "term"),
+    (5, "term"),
+    (3, "trunc"),
+    (7, "term"),
+    (1, "trunc"),
+    (4, "trunc"),
+    (6, "term"),
 ]
 
 

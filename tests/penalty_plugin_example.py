@@ -1,4 +1,5 @@
 """A penalty defined outside the package, as a user would: one function + one ``register_penalty`` call."""
+
 from __future__ import annotations
 
 import torch

@@ -1,5 +1,6 @@
 """Callbacks tests inject into a train.py process: kill it once (SIGKILL, no checkpoint, no clean-up), or poison one
 batch so the loss becomes non-finite."""
+
 from __future__ import annotations
 
 import os

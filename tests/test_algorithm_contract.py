@@ -2,6 +2,7 @@
 it builds its networks from a datamodule, makes exactly one counted update per batch, checkpoints and reloads to the
 same weights, ``load_policy`` acts like the module, and C4 plugs in (penalty logged, refit callback added) or stays
 out (no C4 metrics, no callback). A new algorithm is checked by registering it: nothing here names one."""
+
 from __future__ import annotations
 
 import warnings

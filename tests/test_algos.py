@@ -1,5 +1,6 @@
 """TD3BC / CQL through the Lightning Trainer: step counting, the sampler stream, logged metrics, C4 penalty
 wiring, and CQL's conservative term and sample order (against CORL / Kumar et al.)."""
+
 from __future__ import annotations
 
 import math
@@ -10,8 +11,14 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
-from helpers_lightning import (BatchSpy, MemoryLogger, make_datamodule, make_trainer, params_of,  # noqa: F401
-                               toy_env)
+from helpers_lightning import (
+    BatchSpy,
+    MemoryLogger,
+    make_datamodule,
+    make_trainer,
+    params_of,
+)
+from helpers_lightning import toy_env  # noqa: F401  (a pytest fixture the tests name as an argument)
 
 from c4_lightning.algos import CQL, TD3BC
 from c4_lightning.algos.cql import cql_conservative_gap
@@ -54,6 +61,7 @@ def adam_steps(opt) -> int:
 
 # ------------------------------------------------------------------ step counting, stream, logging
 
+
 @pytest.mark.parametrize("algo", ["td3bc", "cql", "cql-variants"])
 def test_global_step_is_one_per_batch_and_max_steps_stops_there(toy_env, tmp_path, algo):
     L.seed_everything(0, verbose=False)
@@ -62,8 +70,16 @@ def test_global_step_is_one_per_batch_and_max_steps_stops_there(toy_env, tmp_pat
     elif algo == "cql":
         module = cql()
     else:  # every optional branch: Lagrange, max-backup, entropy in the backup, clipping, BC warm-up + weight
-        module = cql(cql_lagrange=True, cql_max_target_backup=True, backup_entropy=True, cql_clip_diff_min=-5.0,
-                     cql_clip_diff_max=5.0, bc_steps=3, bc_weight=0.1, cql_importance_sample=False)
+        module = cql(
+            cql_lagrange=True,
+            cql_max_target_backup=True,
+            backup_entropy=True,
+            cql_clip_diff_min=-5.0,
+            cql_clip_diff_max=5.0,
+            bc_steps=3,
+            bc_weight=0.1,
+            cql_importance_sample=False,
+        )
     spy, logger = BatchSpy(), MemoryLogger()
     trainer, dm = fit(module, tmp_path, max_steps=7, steps_per_epoch=3, callbacks=[spy], logger=logger)
 
@@ -83,8 +99,9 @@ def test_global_step_is_one_per_batch_and_max_steps_stops_there(toy_env, tmp_pat
         assert adam_steps(opts[3]) == (7 if algo == "cql-variants" else 0)
     # logged metrics: on the progress bar and in the logger at every step (log_every_n_steps=1), all finite
     assert set(trainer.progress_bar_metrics) >= {"critic_loss"}
-    expected = {"train/critic_loss", "train/q_mean"} | ({"train/actor_loss"} if algo == "td3bc" else
-                                                        {"train/actor_loss", "train/alpha", "train/cql_gap"})
+    expected = {"train/critic_loss", "train/q_mean"} | (
+        {"train/actor_loss"} if algo == "td3bc" else {"train/actor_loss", "train/alpha", "train/cql_gap"}
+    )
     assert expected <= set(trainer.callback_metrics)
     assert logger.steps("train/critic_loss") == list(range(7))
     for name in expected | {"c4/cross_cov_fro"}:
@@ -108,6 +125,7 @@ def test_training_metrics_follow_log_every_n_steps(toy_env, tmp_path):
 
 # ------------------------------------------------------------------ C4 penalty wiring
 
+
 @pytest.mark.parametrize("penalty", PENALTIES)
 def test_penalty_gradient_reaches_only_the_online_critic(penalty):
     torch.manual_seed(0)
@@ -120,8 +138,8 @@ def test_penalty_gradient_reaches_only_the_online_critic(penalty):
     assert pen.dim() == 0 and float(pen.detach()) > 0
     actor_p, critic_p = list(module.actor.parameters()), list(module.critic.parameters())
     grads = torch.autograd.grad(pen, actor_p + critic_p, allow_unused=True)
-    assert all(g is None for g in grads[:len(actor_p)]), "the penalty must not reach the actor"
-    assert any(g is not None and g.abs().sum() > 0 for g in grads[len(actor_p):])
+    assert all(g is None for g in grads[: len(actor_p)]), "the penalty must not reach the actor"
+    assert any(g is not None and g.abs().sum() > 0 for g in grads[len(actor_p) :])
     pen2 = module.c4.penalty(module, batch, module.critic(obs, act, return_features=True)[1], None, torch.ones(()), {})
     pen2.backward()
     for net in (module.critic_target, module.actor_target):
@@ -157,8 +175,17 @@ def test_penalty_changes_only_the_critics(toy_env, tmp_path, algo):
 def test_each_penalty_variant_trains_and_logs(toy_env, tmp_path, penalty):
     L.seed_everything(0, verbose=False)
     feature = "gradient" if penalty == "grad_cross_cov" else "penultimate"
-    module = td3bc(c4=C4Config(enabled=True, penalty=penalty, penalty_weight=0.5, n_clusters=2, pca_dim=4,
-                               refit_every_n_epochs=1, feature=feature))
+    module = td3bc(
+        c4=C4Config(
+            enabled=True,
+            penalty=penalty,
+            penalty_weight=0.5,
+            n_clusters=2,
+            pca_dim=4,
+            refit_every_n_epochs=1,
+            feature=feature,
+        )
+    )
     logger = MemoryLogger()
     before = params_of(module.critic)
     trainer, _ = fit(module, tmp_path, max_steps=4, steps_per_epoch=2, logger=logger)
@@ -179,6 +206,7 @@ def test_no_penalty_logged_when_c4_off(toy_env, tmp_path):
 
 # ------------------------------------------------------------------ CQL details
 
+
 def test_cql_gap_is_a_logsumexp_over_all_3n_importance_weighted_samples():
     torch.manual_seed(0)
     E, Bq, n, A = 2, 5, 4, 3
@@ -187,20 +215,33 @@ def test_cql_gap_is_a_logsumexp_over_all_3n_importance_weighted_samples():
     lp_curr, lp_next = torch.randn(Bq, n), torch.randn(Bq, n)
     temp = 0.7
     got = cql_conservative_gap(q_pred, q_rand, q_curr, q_next, lp_curr, lp_next, A, 1.0, temp, True)
-    log_u = math.log(0.5 ** A)
+    log_u = math.log(0.5**A)
     for e in range(E):
         for b in range(Bq):
             vals = torch.cat([q_rand[e, b] - log_u, q_next[e, b] - lp_next[b], q_curr[e, b] - lp_curr[b]])
             assert vals.numel() == 3 * n
-    want = torch.stack([
-        torch.stack([temp * torch.logsumexp(torch.cat([q_rand[e, b] - log_u, q_next[e, b] - lp_next[b],
-                                                       q_curr[e, b] - lp_curr[b]]) / temp, 0) - q_pred[e, b]
-                     for b in range(Bq)]).mean() for e in range(E)])
+    want = torch.stack(
+        [
+            torch.stack(
+                [
+                    temp
+                    * torch.logsumexp(
+                        torch.cat([q_rand[e, b] - log_u, q_next[e, b] - lp_next[b], q_curr[e, b] - lp_curr[b]]) / temp,
+                        0,
+                    )
+                    - q_pred[e, b]
+                    for b in range(Bq)
+                ]
+            ).mean()
+            for e in range(E)
+        ]
+    )
     torch.testing.assert_close(got, want)
     # max_action scales the uniform density: log(1 / (2 m)) per dimension
     got2 = cql_conservative_gap(q_pred, q_rand, q_curr, q_next, lp_curr, lp_next, A, 2.0, 1.0, True)
-    want2 = (torch.logsumexp(torch.cat([q_rand - A * math.log(0.25), q_next - lp_next, q_curr - lp_curr], -1), -1)
-             - q_pred).mean(1)
+    want2 = (
+        torch.logsumexp(torch.cat([q_rand - A * math.log(0.25), q_next - lp_next, q_curr - lp_curr], -1), -1) - q_pred
+    ).mean(1)
     torch.testing.assert_close(got2, want2)
 
 

@@ -4,6 +4,7 @@ They check that the scripts run and print their tables and ratio columns; they n
 The d3rlpy alignment test runs only where d3rlpy is importable (the `bench` extra, kept in its own venv:
 ``/work/venv-bench/bin/python -m pytest tests/test_benchmarks_smoke.py``).
 """
+
 from __future__ import annotations
 
 import json
@@ -39,17 +40,31 @@ def _toy_episodes():
         for t in range(length):
             last = t == length - 1
             o = np.array([ep, t, code], np.float32)
-            rows.append(dict(obs=o, act=np.array([ep + 0.5, t + 0.5], np.float32), rew=float(10 * ep + t),
-                             next_obs=np.array([ep, t + 1, code + 1], np.float32),
-                             next_act=np.array([ep + 0.5, (t + 1.5) if not last else (t + 0.5)], np.float32),
-                             terminal=float(last and end == "term"), last=float(last)))
+            rows.append(
+                dict(
+                    obs=o,
+                    act=np.array([ep + 0.5, t + 0.5], np.float32),
+                    rew=float(10 * ep + t),
+                    next_obs=np.array([ep, t + 1, code + 1], np.float32),
+                    next_act=np.array([ep + 0.5, (t + 1.5) if not last else (t + 0.5)], np.float32),
+                    terminal=float(last and end == "term"),
+                    last=float(last),
+                )
+            )
             ep_ids.append(ep)
             code += 1
         obs_next[ep] = rows[-1]["next_obs"]
     stack = lambda k: np.stack([r[k] for r in rows])  # noqa: E731
-    arr = dict(obs=stack("obs"), act=stack("act"), rew=stack("rew"), next_obs=stack("next_obs"),
-               next_act=stack("next_act"), terminals=stack("terminal"), last_steps=stack("last"),
-               episode_ids=np.array(ep_ids))
+    arr = dict(
+        obs=stack("obs"),
+        act=stack("act"),
+        rew=stack("rew"),
+        next_obs=stack("next_obs"),
+        next_act=stack("next_act"),
+        terminals=stack("terminal"),
+        last_steps=stack("last"),
+        episode_ids=np.array(ep_ids),
+    )
     return arr
 
 
@@ -104,8 +119,9 @@ def test_d3rlpy_dataset_matches_our_transitions_across_episode_boundaries():
             assert float(tr.reward[0]) == pytest.approx(float(arr["rew"][i]))
             assert float(tr.terminal) == float(arr["terminals"][i])
             if not arr["terminals"][i]:
-                np.testing.assert_array_equal(tr.next_observation, arr["next_obs"][i],
-                                              err_msg=f"next obs, episode {e} step {j}")
+                np.testing.assert_array_equal(
+                    tr.next_observation, arr["next_obs"][i], err_msg=f"next obs, episode {e} step {j}"
+                )
         assert arr["last_steps"][s + count - 1] == 1  # the episode ends exactly where ours does
     assert d3rlpy.__version__
 
@@ -113,22 +129,67 @@ def test_d3rlpy_dataset_matches_our_transitions_across_episode_boundaries():
 # ---------------------------------------------------------------------------------------------- scripts
 def test_throughput_quick_prints_tables_and_ratios(tmp_path):
     out_json = tmp_path / "tp.json"
-    out = _run(["benchmarks/throughput.py", "--steps", "4", "--cql-steps", "2", "--warmup", "1", "--repeats", "1",
-                "--modes", "lean", "--refit-repeats", "1", "--no-d3rlpy", "--penalties", "cross_cov,feature_dot",
-                "--before", str(REPO), "--json", str(out_json)], timeout=240)
-    for text in ("## Updates per second", "plain PyTorch loop", "plain PyTorch loop, fused Adam", "Lightning lean",
-                 "Lightning lean + C4 cross_cov", "Lightning lean + C4 feature_dot", "ours / plain loop, fused Adam",
-                 "d3rlpy fit()", "## Ratios", "ours / plain loop [lean]", "ours / d3rlpy fit() [lean]",
-                 "C4 / no-C4 (per step, no refit), cross_cov [lean]",
-                 "C4 / no-C4 (incl. amortised refit), cross_cov [lean]",
-                 "C4 total overhead %, feature_dot [lean]", "## Before (", "| TD3+BC Lightning lean + C4 cross_cov |",
-                 "C4 total overhead %", "refit amortised over 1000 updates", "## One refit, by phase",
-                 "| TD3+BC", "| CQL"):
+    out = _run(
+        [
+            "benchmarks/throughput.py",
+            "--steps",
+            "4",
+            "--cql-steps",
+            "2",
+            "--warmup",
+            "1",
+            "--repeats",
+            "1",
+            "--modes",
+            "lean",
+            "--refit-repeats",
+            "1",
+            "--no-d3rlpy",
+            "--penalties",
+            "cross_cov,feature_dot",
+            "--before",
+            str(REPO),
+            "--json",
+            str(out_json),
+        ],
+        timeout=240,
+    )
+    for text in (
+        "## Updates per second",
+        "plain PyTorch loop",
+        "plain PyTorch loop, fused Adam",
+        "Lightning lean",
+        "Lightning lean + C4 cross_cov",
+        "Lightning lean + C4 feature_dot",
+        "ours / plain loop, fused Adam",
+        "d3rlpy fit()",
+        "## Ratios",
+        "ours / plain loop [lean]",
+        "ours / d3rlpy fit() [lean]",
+        "C4 / no-C4 (per step, no refit), cross_cov [lean]",
+        "C4 / no-C4 (incl. amortised refit), cross_cov [lean]",
+        "C4 total overhead %, feature_dot [lean]",
+        "## Before (",
+        "| TD3+BC Lightning lean + C4 cross_cov |",
+        "C4 total overhead %",
+        "refit amortised over 1000 updates",
+        "## One refit, by phase",
+        "| TD3+BC",
+        "| CQL",
+    ):
         assert text in out, f"missing {text!r} in:\n{out}"
     assert "skipped (--no-d3rlpy)" in out
     data = json.loads(out_json.read_text())
-    for key in ("td3bc/plain", "td3bc/plain-fused", "td3bc/lean", "td3bc/lean+c4", "td3bc/lean+c4:feature_dot",
-                "cql/plain", "cql/lean", "cql/lean+c4"):
+    for key in (
+        "td3bc/plain",
+        "td3bc/plain-fused",
+        "td3bc/lean",
+        "td3bc/lean+c4",
+        "td3bc/lean+c4:feature_dot",
+        "cql/plain",
+        "cql/lean",
+        "cql/lean+c4",
+    ):
         assert data["median_ups"][key] > 0
     assert set(data["summary"]["td3bc"]["lean"]) >= {"ours/plain", "c4/no-c4 (total)", "c4 overhead %"}
     assert set(data["summary"]["td3bc"]["lean"]["penalties"]) == {"cross_cov", "feature_dot"}
@@ -136,10 +197,29 @@ def test_throughput_quick_prints_tables_and_ratios(tmp_path):
 
 
 def test_refit_scale_tiny_prints_table(tmp_path):
-    out = _run(["benchmarks/refit_scale.py", "--sizes", "1500,3000", "--ups", "50", "--real-dataset", "",
-                "--json", str(tmp_path / "rs.json")])
-    for text in ("## One C4 refit vs the training time between refits", "features s", "fit s (std+PCA+GMM)",
-                 "predict s", "refit % of training", "1,500", "3,000", "synthetic Hopper-shaped"):
+    out = _run(
+        [
+            "benchmarks/refit_scale.py",
+            "--sizes",
+            "1500,3000",
+            "--ups",
+            "50",
+            "--real-dataset",
+            "",
+            "--json",
+            str(tmp_path / "rs.json"),
+        ]
+    )
+    for text in (
+        "## One C4 refit vs the training time between refits",
+        "features s",
+        "fit s (std+PCA+GMM)",
+        "predict s",
+        "refit % of training",
+        "1,500",
+        "3,000",
+        "synthetic Hopper-shaped",
+    ):
         assert text in out, f"missing {text!r} in:\n{out}"
     data = json.loads((tmp_path / "rs.json").read_text())
     assert [r["n"] for r in data["results"]] == [1500, 3000]

@@ -1,6 +1,7 @@
 """C4 as a plug-in: the penalty registry, penalties that cannot be lowered by reparametrising the critic
 (``pytest -k invariance``), the paper's gradient form against NumPy, LayerNorm critics, the authors' presets and
 the TD3+BC actor-weight normaliser under single-cluster batches."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from helpers_lightning import (HOPPERLIKE, REPO, MemoryLogger, make_datamodule, make_trainer,  # noqa: F401
-                               toy_env)
+from helpers_lightning import (
+    HOPPERLIKE,
+    REPO,
+    MemoryLogger,
+    make_datamodule,
+    make_trainer,
+)
+from helpers_lightning import toy_env  # noqa: F401  (a pytest fixture the tests name as an argument)
 
 from c4_lightning.algos import CQL, TD3BC
 from c4_lightning.algos.networks import CriticEnsemble
@@ -44,10 +51,12 @@ class _Module:
 
 def _batch(seed: int = 0, dtype=torch.float64) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {"observations": torch.randn(B, OBS, generator=g, dtype=dtype),
-            "actions": torch.rand(B, ACT, generator=g, dtype=dtype) * 2 - 1,
-            "next_observations": torch.randn(B, OBS, generator=g, dtype=dtype),
-            "next_actions": torch.rand(B, ACT, generator=g, dtype=dtype) * 2 - 1}
+    return {
+        "observations": torch.randn(B, OBS, generator=g, dtype=dtype),
+        "actions": torch.rand(B, ACT, generator=g, dtype=dtype) * 2 - 1,
+        "next_observations": torch.randn(B, OBS, generator=g, dtype=dtype),
+        "next_actions": torch.rand(B, ACT, generator=g, dtype=dtype) * 2 - 1,
+    }
 
 
 def _critics(seed: int = 0):
@@ -102,7 +111,7 @@ def test_invariance_fails_for_feature_penalties(name, power, c):
     """The rescaling of both critics leaves Q unchanged but moves these penalties (cross_cov by c^2 from each side,
     feature_dot by c from each): the way out their docstrings describe."""
     p0, p1 = _before_and_after_rescaling(name, c)
-    assert p1 == pytest.approx(c ** power * p0, rel=1e-6)
+    assert p1 == pytest.approx(c**power * p0, rel=1e-6)
     assert not PENALTIES[name].invariant
     assert "Not invariant" in PENALTIES[name].fn.__doc__
 
@@ -131,7 +140,7 @@ def test_grad_penalty_matches_numpy_formula():
     out = grad_cross_cov_penalty(torch.tensor(g), torch.tensor(g_next), beta=beta, cap=cap).numpy()
     for e in range(2):
         c = _numpy_cross_cov(g[e], g_next[e])
-        raw = (c ** 2).sum() + beta * np.trace(c) ** 2
+        raw = (c**2).sum() + beta * np.trace(c) ** 2
         assert out[e] == pytest.approx(cap * math.tanh(raw / cap), rel=1e-10)
         raw_torch = float(grad_cross_cov_raw(torch.tensor(g), torch.tensor(g_next), beta)[e])
         assert raw_torch == pytest.approx(raw, rel=1e-10)
@@ -142,7 +151,7 @@ def test_weighted_penalty_matches_numpy_formula():
     psi, psi_next = rng.normal(size=(B, 9)), rng.normal(size=(B, 9)) + 0.5 * psi_next_base(rng)
     out = float(weighted_cross_cov_penalty(torch.tensor(psi), torch.tensor(psi_next), eps=0.0))
     c = _numpy_cross_cov(psi, psi_next)
-    expected = (c ** 2).sum() / (np.trace(np.cov(psi_next.T)) * np.trace(np.cov(psi.T)))
+    expected = (c**2).sum() / (np.trace(np.cov(psi_next.T)) * np.trace(np.cov(psi.T)))
     assert out == pytest.approx(expected, rel=1e-10)
     assert 0 <= out <= 1
 
@@ -202,10 +211,23 @@ def test_unknown_penalty_is_refused_at_config_time_listing_names():
 
 
 def test_unknown_penalty_fails_before_training_from_the_cli(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "fit",
-                           "--config", str(REPO / "configs/td3bc_c4.yaml"), "--model.c4.penalty", "nope",
-                           "--trainer.default_root_dir", str(tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            "fit",
+            "--config",
+            str(REPO / "configs/td3bc_c4.yaml"),
+            "--model.c4.penalty",
+            "nope",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert "registered penalties:" in proc.stderr and "weighted_cross_cov" in proc.stderr
     assert not list(tmp_path.rglob("*.ckpt"))
@@ -217,8 +239,17 @@ def test_registered_penalty_is_used_by_every_algorithm(toy_env, tmp_path, algo):
 
     example.CALLS["n"] = 0
     hidden = (32, 32) if algo is TD3BC else (32, 32, 32)
-    module = algo(hidden_dims=hidden, c4=C4Config(enabled=True, penalty="test_mean_product", penalty_weight=1.0,
-                                                  pca_dim=4, n_clusters=2, refit_every_n_updates=0))
+    module = algo(
+        hidden_dims=hidden,
+        c4=C4Config(
+            enabled=True,
+            penalty="test_mean_product",
+            penalty_weight=1.0,
+            pca_dim=4,
+            n_clusters=2,
+            refit_every_n_updates=0,
+        ),
+    )
     logger = MemoryLogger()
     trainer = make_trainer(tmp_path, max_steps=6, logger=logger, log_every_n_steps=2)
     with warnings.catch_warnings():
@@ -247,9 +278,13 @@ def test_layer_norm_critic_structure_and_rescaling():
 def test_layer_norm_critics_train(toy_env, tmp_path, algo):
     L.seed_everything(0, verbose=False)
     hidden = (32, 32) if algo is TD3BC else (32, 32, 32)
-    module = algo(hidden_dims=hidden, critic_layer_norm=True,
-                  c4=C4Config(enabled=True, penalty="weighted_cross_cov", penalty_weight=1.0, pca_dim=4,
-                              refit_every_n_updates=100))
+    module = algo(
+        hidden_dims=hidden,
+        critic_layer_norm=True,
+        c4=C4Config(
+            enabled=True, penalty="weighted_cross_cov", penalty_weight=1.0, pca_dim=4, refit_every_n_updates=100
+        ),
+    )
     logger = MemoryLogger()
     trainer = make_trainer(tmp_path, max_steps=300, logger=logger, log_every_n_steps=50)
     dm = make_datamodule(HOPPERLIKE, batch_size=32, steps_per_epoch=100)
@@ -260,7 +295,8 @@ def test_layer_norm_critics_train(toy_env, tmp_path, algo):
     assert len(losses) == 6 and all(math.isfinite(v) for v in losses)
     assert all(torch.isfinite(p).all() for p in module.parameters())
     assert module.critic.norms[0].weight.grad is not None or any(  # the LayerNorm gains were trained
-        not torch.equal(n.weight, torch.ones_like(n.weight)) for n in module.critic.norms)
+        not torch.equal(n.weight, torch.ones_like(n.weight)) for n in module.critic.norms
+    )
     assert logger.values("c4/refits")[-1] == 3  # first partition + refits at updates 100 and 200
 
 
@@ -276,9 +312,14 @@ def test_refit_cadence_default_and_choices():
 # ---------------------------------------------------------------------------------------------- TD3+BC normaliser
 def _actor_weights(tmp_path, normalizer: str) -> list[float]:
     L.seed_everything(0, verbose=False)
-    module = TD3BC(hidden_dims=(32, 32), q_normalizer=normalizer, policy_delay=1,
-                   c4=C4Config(enabled=True, penalty_weight=0.0, n_clusters=3, pca_dim=4, refit_every_n_updates=0,
-                               min_cluster_size=32))
+    module = TD3BC(
+        hidden_dims=(32, 32),
+        q_normalizer=normalizer,
+        policy_delay=1,
+        c4=C4Config(
+            enabled=True, penalty_weight=0.0, n_clusters=3, pca_dim=4, refit_every_n_updates=0, min_cluster_size=32
+        ),
+    )
     logger = MemoryLogger()
     trainer = make_trainer(tmp_path / normalizer, max_steps=400, logger=logger, log_every_n_steps=1)
     with warnings.catch_warnings():
@@ -300,21 +341,50 @@ def test_running_normalizer_steadies_the_actor_weight_under_clustered_batches(to
 def test_authors_presets_run_from_the_cli_with_diagnostics(tmp_path, preset):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    callbacks = json.dumps([{"class_path": "c4_lightning.evaluation.EvalCallback",
-                             "init_args": {"episodes": 1, "every_n_epochs": 3}}])
+    callbacks = json.dumps(
+        [{"class_path": "c4_lightning.evaluation.EvalCallback", "init_args": {"episodes": 1, "every_n_epochs": 3}}]
+    )
     proc = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), "fit", "--config", str(REPO / "configs" / f"{preset}.yaml"),
-         "--trainer.max_steps", "300", "--data.steps_per_epoch", "100", "--trainer.callbacks", callbacks,
-         "--trainer.log_every_n_steps", "50", "--trainer.enable_progress_bar", "false",
-         "--trainer.default_root_dir", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=600, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            "fit",
+            "--config",
+            str(REPO / "configs" / f"{preset}.yaml"),
+            "--trainer.max_steps",
+            "300",
+            "--data.steps_per_epoch",
+            "100",
+            "--trainer.callbacks",
+            callbacks,
+            "--trainer.log_every_n_steps",
+            "50",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (events,) = tmp_path.rglob("events.out.tfevents.*")
     acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    for tag in ("c4/penalty", "c4/penalty_to_td", "c4/cross_cov_fro", "c4/cross_corr_rms", "c4/cross_cov_fro_within",
-                "c4/cross_corr_rms_within", "c4/sampleable_share", "c4/cluster_size_0"):
+    for tag in (
+        "c4/penalty",
+        "c4/penalty_to_td",
+        "c4/cross_cov_fro",
+        "c4/cross_corr_rms",
+        "c4/cross_cov_fro_within",
+        "c4/cross_corr_rms_within",
+        "c4/sampleable_share",
+        "c4/cluster_size_0",
+    ):
         assert any(t == tag or t.endswith("/" + tag) for t in tags), f"{preset}: no {tag} in {sorted(tags)}"
     assert [e.value for e in acc.Scalars("c4/refits")] == [1.0, 2.0]  # first partition, refit at update 200
 
@@ -330,8 +400,14 @@ def test_penalty_rows_is_the_penalty_of_the_first_rows(name):
     value = sub.penalty(module, batch, feats, next_feats, torch.ones((), dtype=torch.float64), {})
     first = {k: v[:16] for k, v in batch.items()}
     exact = C4(C4Config(enabled=True, penalty=name, penalty_weight=1.0))
-    expected = exact.penalty(module, first, critic(first["observations"], first["actions"], return_features=True)[1],
-                             None, torch.ones((), dtype=torch.float64), {})
+    expected = exact.penalty(
+        module,
+        first,
+        critic(first["observations"], first["actions"], return_features=True)[1],
+        None,
+        torch.ones((), dtype=torch.float64),
+        {},
+    )
     torch.testing.assert_close(value, expected)
     with pytest.raises(ValueError, match="penalty_rows"):
         C4Config(penalty_rows=1)

@@ -1,6 +1,7 @@
 """A crafted checkpoint never runs code: ``load_policy``, ``c4-evaluate`` and ``train.py fit --ckpt_path`` all
 load with PyTorch's restricted unpickler and refuse such a file in one line. The payload is harmless: it would
 write a marker file, and the tests assert the file never appears."""
+
 from __future__ import annotations
 
 import os
@@ -79,11 +80,31 @@ def test_resume_from_crafted_checkpoint_refused(tmp_path):
     ckpt, marker = crafted_checkpoint(tmp_path)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     proc = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), "fit", "--config", str(REPO / "configs" / "td3bc.yaml"),
-         "--trainer.max_steps", "3", "--data.steps_per_epoch", "3", "--trainer.callbacks", "[]",
-         "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path / "run"),
-         "--ckpt_path", str(ckpt)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            "fit",
+            "--config",
+            str(REPO / "configs" / "td3bc.yaml"),
+            "--trainer.max_steps",
+            "3",
+            "--data.steps_per_epoch",
+            "3",
+            "--trainer.callbacks",
+            "[]",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.default_root_dir",
+            str(tmp_path / "run"),
+            "--ckpt_path",
+            str(ckpt),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0
     assert not marker.exists(), "the checkpoint's payload ran during resume"
     assert "refusing to load checkpoint" in proc.stderr, proc.stderr[-2000:]

@@ -4,6 +4,7 @@ bad values give one-line errors naming the option, and a run logs to TensorBoard
 Command-line behaviour that depends on the process (exit codes, what reaches stderr) is checked in
 subprocesses running ``train.py`` exactly as a user would; parsing checks run in-process (fast).
 """
+
 from __future__ import annotations
 
 import json
@@ -31,11 +32,28 @@ EVAL_ONE_EPISODE = json.dumps([{"class_path": "c4_lightning.evaluation.EvalCallb
 
 def tiny(root: Path, steps: int = 3, epochs: int = 1) -> list[str]:
     """Overrides that make any config a few-second CPU run."""
-    return ["--model.init_args.hidden_dims", "[16,16]", "--data.batch_size", "32",
-            "--data.steps_per_epoch", str(steps), "--trainer.max_epochs", str(epochs),
-            "--model.probe_size", "256", "--model.c4.pca_dim", "4", "--model.c4.fit_subsample", "2000",
-            "--trainer.enable_model_summary", "false", "--trainer.callbacks", EVAL_ONE_EPISODE,
-            "--trainer.default_root_dir", str(root)]
+    return [
+        "--model.init_args.hidden_dims",
+        "[16,16]",
+        "--data.batch_size",
+        "32",
+        "--data.steps_per_epoch",
+        str(steps),
+        "--trainer.max_epochs",
+        str(epochs),
+        "--model.probe_size",
+        "256",
+        "--model.c4.pca_dim",
+        "4",
+        "--model.c4.fit_subsample",
+        "2000",
+        "--trainer.enable_model_summary",
+        "false",
+        "--trainer.callbacks",
+        EVAL_ONE_EPISODE,
+        "--trainer.default_root_dir",
+        str(root),
+    ]
 
 
 def subprocess_env() -> dict:
@@ -45,8 +63,14 @@ def subprocess_env() -> dict:
 
 
 def run_train(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(TRAIN), *args], cwd=cwd, env=subprocess_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(TRAIN), *args],
+        cwd=cwd,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def print_config(args: list[str], capsys) -> str:
@@ -75,9 +99,22 @@ def test_configs_choose_the_algorithm_and_default_to_an_embedded_dataset(capsys)
 
 @pytest.mark.parametrize("name", ["td3bc_c4", "cql"])
 def test_print_config_is_complete_and_round_trips(name, tmp_path, capsys):
-    overrides = ["--data.dataset_id", "hopper/medium", "--data.max_transitions", "5000",
-                 "--model.c4.penalty_weight", "0.7", "--model.c4.n_clusters", "4", "--trainer.devices", "1",
-                 "--trainer.precision", "bf16-mixed", "--trainer.max_epochs", "7"]
+    overrides = [
+        "--data.dataset_id",
+        "hopper/medium",
+        "--data.max_transitions",
+        "5000",
+        "--model.c4.penalty_weight",
+        "0.7",
+        "--model.c4.n_clusters",
+        "4",
+        "--trainer.devices",
+        "1",
+        "--trainer.precision",
+        "bf16-mixed",
+        "--trainer.max_epochs",
+        "7",
+    ]
     first = print_config(["--config", str(CONFIGS[name]), *overrides], capsys)
     cfg = yaml.safe_load(first)
     model = cfg["model"]["init_args"]
@@ -121,8 +158,7 @@ def test_override_spellings_are_equivalent(capsys):
 
 
 def test_trainer_log_interval_drives_the_module(capsys):
-    cfg = yaml.safe_load(print_config(["--config", str(CONFIGS["td3bc"]), "--trainer.log_every_n_steps", "7"],
-                                      capsys))
+    cfg = yaml.safe_load(print_config(["--config", str(CONFIGS["td3bc"]), "--trainer.log_every_n_steps", "7"], capsys))
     assert cfg["trainer"]["log_every_n_steps"] == 7
     assert "log_every_n_steps" not in cfg["model"]["init_args"]  # linked: one knob
 
@@ -138,8 +174,14 @@ def test_data_configs_name_embedded_datasets(path, capsys):
 
 def test_data_configs_cover_every_embedded_dataset():
     ids = {yaml.safe_load(p.read_text())["dataset_id"] for p in DATA_CONFIGS}
-    assert ids >= {"hopper/random", "hopper/medium", "hopper/medium-replay", "hopper/expert",
-                   "hopper/medium-expert", "hopper/random-medium-expert-10k"}
+    assert ids >= {
+        "hopper/random",
+        "hopper/medium",
+        "hopper/medium-replay",
+        "hopper/expert",
+        "hopper/medium-expert",
+        "hopper/random-medium-expert-10k",
+    }
     small = [yaml.safe_load(p.read_text()) for p in DATA_CONFIGS]
     assert any(c["dataset_id"] == "hopper/medium-replay" and c.get("max_transitions") == 10000 for c in small)
 
@@ -193,8 +235,14 @@ print(json.dumps(results))
 
 def run_main_cases(cases: list[list[str]], cwd: Path, timeout: int = 300) -> list[dict]:
     """Run ``train.py <args>`` for each case in its own process; returns exit code, stdout and stderr of each."""
-    proc = subprocess.run([sys.executable, "-c", _FORK_DRIVER, json.dumps(cases), str(cwd)], cwd=cwd,
-                          env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-c", _FORK_DRIVER, json.dumps(cases), str(cwd)],
+        cwd=cwd,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -213,11 +261,21 @@ BAD_OPTIONS = [  # (option, value, the name the error must contain)
 
 def test_bad_options_exit_with_one_line_naming_them(tmp_path):
     roots = [tmp_path / f"runs{i}" for i in range(len(BAD_OPTIONS))]
-    cases = [["fit", "--config", str(CONFIGS["td3bc_c4"]), *tiny(root), f"{option}={value}"]
-             for root, (option, value, _) in zip(roots, BAD_OPTIONS)]
+    cases = [
+        ["fit", "--config", str(CONFIGS["td3bc_c4"]), *tiny(root), f"{option}={value}"]
+        for root, (option, value, _) in zip(roots, BAD_OPTIONS)
+    ]
     # a good run through the same driver: proves the harness itself does not fail every case
-    cases.append(["fit", "--config", str(CONFIGS["td3bc"]), *tiny(tmp_path / "good", steps=1),
-                  "--trainer.enable_progress_bar", "false"])
+    cases.append(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS["td3bc"]),
+            *tiny(tmp_path / "good", steps=1),
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     results = run_main_cases(cases, tmp_path)
     for (option, value, name), root, res in zip(BAD_OPTIONS, roots, results):
         where = f"{option}={value}: rc={res['code']} stderr={res['stderr']!r}"
@@ -233,15 +291,21 @@ def test_bad_options_exit_with_one_line_naming_them(tmp_path):
 
 
 def test_one_line_error_summaries():
-    nested = ("Does not validate against any of the Union subtypes\nSubtypes: [A, B]\nErrors:\n"
-              "  - model.c4.n_clusters=0 must be >= 1\n  - Expected a <class 'NoneType'>\nGiven value: Namespace(...)")
+    nested = (
+        "Does not validate against any of the Union subtypes\nSubtypes: [A, B]\nErrors:\n"
+        "  - model.c4.n_clusters=0 must be >= 1\n  - Expected a <class 'NoneType'>\nGiven value: Namespace(...)"
+    )
     assert one_line_error(nested) == "model.c4.n_clusters=0 must be >= 1"
-    literal = ('Parser key "trainer.precision":\n  Does not validate against any of the Union subtypes\n'
-               "  Subtypes: [typing.Literal[64, 32], typing.Literal['bf16-mixed', '32-true'], <class 'NoneType'>]\n"
-               "  Errors:\n    - Expected a <class 'int'>\n  Given value type: <class 'str'>\n  Given value: foo")
+    literal = (
+        'Parser key "trainer.precision":\n  Does not validate against any of the Union subtypes\n'
+        "  Subtypes: [typing.Literal[64, 32], typing.Literal['bf16-mixed', '32-true'], <class 'NoneType'>]\n"
+        "  Errors:\n    - Expected a <class 'int'>\n  Given value type: <class 'str'>\n  Given value: foo"
+    )
     assert one_line_error(literal) == "--trainer.precision: 'foo' is not one of: 64, 32, bf16-mixed, 32-true"
-    assert one_line_error('Parser key "data.batch_size": (Expected a <class \'int\'>. Got value: abc)') == \
-        "--data.batch_size: expected int, got 'abc'"
+    assert (
+        one_line_error("Parser key \"data.batch_size\": (Expected a <class 'int'>. Got value: abc)")
+        == "--data.batch_size: expected int, got 'abc'"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -249,8 +313,9 @@ def test_one_line_error_summaries():
 
 @pytest.mark.parametrize("name", ["td3bc", "td3bc_c4", "cql", "cql_c4"])
 def test_each_config_trains(name, tmp_path):
-    cli = C4LightningCLI(args=["fit", "--config", str(CONFIGS[name]), *tiny(tmp_path),
-                               "--trainer.enable_progress_bar", "false"])
+    cli = C4LightningCLI(
+        args=["fit", "--config", str(CONFIGS[name]), *tiny(tmp_path), "--trainer.enable_progress_bar", "false"]
+    )
     assert isinstance(cli.model, CQL if name.startswith("cql") else TD3BC)
     assert cli.model.c4.enabled is name.endswith("_c4")
     assert cli.trainer.global_step == 3
@@ -273,15 +338,30 @@ def _tensorboard(log_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], set
                 plugins.add(plugin)
                 if plugin == "scalars":
                     scalars.setdefault(value.tag, []).append(
-                        (event.step, float(tensor_util.make_ndarray(value.tensor))))
+                        (event.step, float(tensor_util.make_ndarray(value.tensor)))
+                    )
     return scalars, plugins
 
 
 def test_fit_from_the_command_line_logs_everything(tmp_path):
     root = tmp_path / "runs"
-    proc = run_train(["fit", "--config", str(CONFIGS["td3bc_c4"]), *tiny(root, steps=6, epochs=2),
-                      "--model.c4.penalty_weight", "0.3", "--data.max_transitions", "5000",
-                      "--trainer.log_every_n_steps", "2", "--trainer.devices", "1"], tmp_path)
+    proc = run_train(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS["td3bc_c4"]),
+            *tiny(root, steps=6, epochs=2),
+            "--model.c4.penalty_weight",
+            "0.3",
+            "--data.max_transitions",
+            "5000",
+            "--trainer.log_every_n_steps",
+            "2",
+            "--trainer.devices",
+            "1",
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     # progress bar: gradient updates, the latest losses and the latest normalised score
@@ -303,8 +383,16 @@ def test_fit_from_the_command_line_logs_everything(tmp_path):
     assert hparams["algorithm"] == "TD3BC" and hparams["seed"] == 0  # what the HParams tab needs to tell runs apart
     scalars, plugins = _tensorboard(log_dir)
     assert "hparams" in plugins
-    for tag in ("train/critic_loss", "train/actor_loss", "train/q_mean", "c4/penalty", "c4/cross_cov_fro",
-                "eval/normalized_score", "eval/return", "c4/cluster_size_0"):
+    for tag in (
+        "train/critic_loss",
+        "train/actor_loss",
+        "train/q_mean",
+        "c4/penalty",
+        "c4/cross_cov_fro",
+        "eval/normalized_score",
+        "eval/return",
+        "c4/cluster_size_0",
+    ):
         assert tag in scalars, (tag, sorted(scalars))
     assert [s for s, _ in scalars["train/critic_loss"]] == [1, 3, 5, 7, 9, 11]
     assert len(scalars["eval/normalized_score"]) == 2
@@ -324,25 +412,59 @@ def test_progress_bar_redraws_every_ten_updates_by_default():
 
 def test_every_listed_subcommand_works_on_the_embedded_dataset(tmp_path):
     """No advertised command fails: each subcommand ``train.py --help`` lists runs a tiny budget successfully."""
-    help_text = subprocess.run([sys.executable, str(REPO / "train.py"), "--help"], cwd=REPO, capture_output=True,
-                               text=True, timeout=120).stdout
+    help_text = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
+    ).stdout
     listed = re.search(r"\{([a-z,]+)\}", help_text).group(1).split(",")
     assert listed == ["fit"]
     for sub in listed:
         proc = subprocess.run(
-            [sys.executable, str(REPO / "train.py"), sub, "--config", str(REPO / "configs" / "td3bc_c4.yaml"),
-             "--trainer.max_steps", "4", "--data.steps_per_epoch", "4", "--model.c4.pca_dim", "4",
-             "--trainer.callbacks", "[]", "--trainer.enable_progress_bar", "false",
-             "--trainer.default_root_dir", str(tmp_path / sub)],
-            cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            [
+                sys.executable,
+                str(REPO / "train.py"),
+                sub,
+                "--config",
+                str(REPO / "configs" / "td3bc_c4.yaml"),
+                "--trainer.max_steps",
+                "4",
+                "--data.steps_per_epoch",
+                "4",
+                "--model.c4.pca_dim",
+                "4",
+                "--trainer.callbacks",
+                "[]",
+                "--trainer.enable_progress_bar",
+                "false",
+                "--trainer.default_root_dir",
+                str(tmp_path / sub),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         assert proc.returncode == 0, f"{sub}: {proc.stderr[-2000:]}"
 
 
 @pytest.mark.parametrize("devices", ["99", "0"])
 def test_cpu_devices_beyond_the_cores_are_refused_before_any_process_starts(tmp_path, capsys, devices):
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(REPO / "configs" / "td3bc.yaml"), "--trainer.accelerator", "cpu",
-              "--trainer.devices", devices, "--trainer.strategy", "ddp", "--trainer.default_root_dir", str(tmp_path)])
+        main(
+            [
+                "fit",
+                "--config",
+                str(REPO / "configs" / "td3bc.yaml"),
+                "--trainer.accelerator",
+                "cpu",
+                "--trainer.devices",
+                devices,
+                "--trainer.strategy",
+                "ddp",
+                "--trainer.default_root_dir",
+                str(tmp_path),
+            ]
+        )
     assert exit_info.value.code == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and "trainer.devices" in err[0] and ("cores" in err[0] or ">= 1" in err[0]), err
@@ -362,11 +484,32 @@ def test_default_root_dir_that_is_a_file_is_refused_in_one_line(tmp_path, capsys
 
 def _tiny_fit(tmp_path, *extra):
     return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), "fit", "--config", str(REPO / "configs" / "td3bc.yaml"),
-         "--trainer.max_epochs", "2", "--data.steps_per_epoch", "3", "--data.batch_size", "32",
-         "--model.init_args.hidden_dims", "[16,16]", "--trainer.enable_progress_bar", "false",
-         "--trainer.default_root_dir", str(tmp_path), *extra],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            "fit",
+            "--config",
+            str(REPO / "configs" / "td3bc.yaml"),
+            "--trainer.max_epochs",
+            "2",
+            "--data.steps_per_epoch",
+            "3",
+            "--data.batch_size",
+            "32",
+            "--model.init_args.hidden_dims",
+            "[16,16]",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            *extra,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
 
 
 def test_eval_options_set_the_one_evaluator_and_summary_keeps_best_and_final(tmp_path):
@@ -400,13 +543,43 @@ def test_a_second_evaluator_is_refused_in_one_line(tmp_path):
 
 def test_a_csv_logger_gets_metrics_cluster_images_and_the_real_log_location(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), "fit", "--config", str(REPO / "configs" / "td3bc_c4.yaml"),
-         "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(tmp_path),
-         "--trainer.max_epochs", "1", "--data.steps_per_epoch", "4", "--data.batch_size", "32",
-         "--model.init_args.hidden_dims", "[16,16]", "--model.c4.pca_dim", "4", "--model.c4.refit_every_n_updates",
-         "2", "--trainer.log_every_n_steps", "2", "--eval.episodes", "1", "--trainer.enable_progress_bar", "false",
-         "--trainer.default_root_dir", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            "fit",
+            "--config",
+            str(REPO / "configs" / "td3bc_c4.yaml"),
+            "--trainer.logger",
+            "lightning.pytorch.loggers.CSVLogger",
+            "--trainer.logger.save_dir",
+            str(tmp_path),
+            "--trainer.max_epochs",
+            "1",
+            "--data.steps_per_epoch",
+            "4",
+            "--data.batch_size",
+            "32",
+            "--model.init_args.hidden_dims",
+            "[16,16]",
+            "--model.c4.pca_dim",
+            "4",
+            "--model.c4.refit_every_n_updates",
+            "2",
+            "--trainer.log_every_n_steps",
+            "2",
+            "--eval.episodes",
+            "1",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = next(tmp_path.rglob("metrics.csv"))
     assert f"CSV logs: {metrics}" in proc.stdout and "TensorBoard" not in proc.stdout

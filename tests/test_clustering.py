@@ -171,6 +171,7 @@ def test_raw_features_and_project_2d():
 # ------------------------------------------------------------------ fast paths (folded projection, subsample
 # warm start, finite check in the labelling pass, projecting only the plotted rows)
 
+
 def _old_transform(model: ClusterModel, x) -> np.ndarray:
     """The former float64 path: standardise element-wise, then project."""
     z = (np.asarray(x).astype(np.float64) - model.scaler_mean) / model.scaler_scale
@@ -291,8 +292,9 @@ def test_project_2d_rows_equal_the_rows_of_the_full_projection():
     for m in (with_pca, no_pca, None):
         full = project_2d(x, m, fit_subsample=300)
         # equal up to float32 rounding (BLAS may block a 2-row and a 900-row product differently)
-        np.testing.assert_allclose(project_2d(x, m, fit_subsample=300, rows=rows, chunk_size=2), full[rows],
-                                   rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(
+            project_2d(x, m, fit_subsample=300, rows=rows, chunk_size=2), full[rows], rtol=1e-6, atol=1e-6
+        )
     assert project_2d(x, with_pca, rows=np.array([], dtype=np.int64)).shape == (0, 2)
     for bad in (np.array([900]), np.array([-1]), np.array([0.5]), np.zeros((2, 2), dtype=np.int64)):
         with pytest.raises(ValueError, match="rows"):
@@ -336,6 +338,7 @@ def test_clustering_features_default_chunking_equals_one_chunk():
 
 # ------------------------------------------------------------------ row sources (features computed on demand)
 
+
 class CountingRows:
     """A row source over an array that records which rows were asked for."""
 
@@ -355,10 +358,18 @@ def test_fit_partition_on_a_row_source_equals_the_array_and_asks_each_row_once(f
     prev = np.array([2, 0, 1])[prev]
     for previous in (None, prev):
         src = CountingRows(x, block_rows=700)
-        labels, model = fit_partition(src, n_clusters=3, pca_dim=8, fit_subsample=fit_subsample, seed=1,
-                                      previous_labels=previous, predict_chunk=256)
-        ref_labels, ref = fit_partition(x, n_clusters=3, pca_dim=8, fit_subsample=fit_subsample, seed=1,
-                                        previous_labels=previous, predict_chunk=256)
+        labels, model = fit_partition(
+            src,
+            n_clusters=3,
+            pca_dim=8,
+            fit_subsample=fit_subsample,
+            seed=1,
+            previous_labels=previous,
+            predict_chunk=256,
+        )
+        ref_labels, ref = fit_partition(
+            x, n_clusters=3, pca_dim=8, fit_subsample=fit_subsample, seed=1, previous_labels=previous, predict_chunk=256
+        )
         np.testing.assert_array_equal(labels, ref_labels)
         for name in ("scaler_mean", "proj_components", "means", "covariances"):
             np.testing.assert_allclose(getattr(model, name), getattr(ref, name), rtol=1e-7, atol=1e-9)
@@ -383,6 +394,7 @@ def test_row_source_rare_cluster_non_finite_rows_and_bad_sources():
     assert any(np.array_equal(a, np.flatnonzero(prev == 2)) for a in src.asked)
     # a NaN in a row outside the subsample is found while labelling
     from c4_lightning.c4.clustering import _subsample_index
+
     bad = x.copy()
     bad[np.setdiff1d(np.arange(len(x)), _subsample_index(len(x), 600, 3))[0], 1] = np.nan
     with pytest.raises(ClusterFitError, match="NaN or inf"):
@@ -408,16 +420,18 @@ def test_project_2d_and_scatter_image_on_a_row_source_ask_only_the_drawn_rows():
     rows = np.array([3, 2999, 0])
     for m in (with_pca, None):
         src = CountingRows(x)
-        np.testing.assert_array_equal(project_2d(src, m, rows=rows, fit_subsample=500),
-                                      project_2d(x, m, rows=rows, fit_subsample=500))
+        np.testing.assert_array_equal(
+            project_2d(src, m, rows=rows, fit_subsample=500), project_2d(x, m, rows=rows, fit_subsample=500)
+        )
     src = CountingRows(x)
     np.testing.assert_array_equal(project_2d(src, with_pca, chunk_size=1000), project_2d(x, with_pca, chunk_size=1000))
     src = CountingRows(x)
     sources = np.arange(len(x)) % 3
     image = cluster_scatter_image(src, with_pca, labels, sources, ["a", "b", "c"], max_points=500)
     assert sum(len(a) for a in src.asked) == 500  # only the plotted points were computed
-    np.testing.assert_array_equal(image, cluster_scatter_image(x, with_pca, labels, sources, ["a", "b", "c"],
-                                                               max_points=500))
+    np.testing.assert_array_equal(
+        image, cluster_scatter_image(x, with_pca, labels, sources, ["a", "b", "c"], max_points=500)
+    )
 
 
 def test_critic_feature_rows_equal_clustering_features():

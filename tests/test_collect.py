@@ -3,6 +3,7 @@
 The end-to-end tests train a tiny SAC run on Hopper-v5 (800 env steps, resumed once) and record tiny
 datasets from it, so they need no pre-trained model.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,14 +30,44 @@ MIX = 300
 
 
 def _train_argv(out: Path, total: int) -> list[str]:
-    return ["train", "--env", ENV, "--out-dir", str(out), "--total-steps", str(total), "--checkpoint-every", "200",
-            "--learning-starts", "100", "--eval-episodes", "1", "--no-progress"]
+    return [
+        "train",
+        "--env",
+        ENV,
+        "--out-dir",
+        str(out),
+        "--total-steps",
+        str(total),
+        "--checkpoint-every",
+        "200",
+        "--learning-starts",
+        "100",
+        "--eval-episodes",
+        "1",
+        "--no-progress",
+    ]
 
 
 def _record_argv(out: Path, root: Path, *extra: str) -> list[str]:
-    return ["record", "--env", ENV, "--out-dir", str(out), "--datasets-dir", str(root),
-            "--random-steps", str(SIZES["random"]), "--medium-steps", str(SIZES["medium"]),
-            "--expert-steps", str(SIZES["expert"]), "--sizes", str(MIX), "--no-progress", *extra]
+    return [
+        "record",
+        "--env",
+        ENV,
+        "--out-dir",
+        str(out),
+        "--datasets-dir",
+        str(root),
+        "--random-steps",
+        str(SIZES["random"]),
+        "--medium-steps",
+        str(SIZES["medium"]),
+        "--expert-steps",
+        str(SIZES["expert"]),
+        "--sizes",
+        str(MIX),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _load_buffer(path: Path):
@@ -52,8 +83,13 @@ def run(tmp_path_factory):
     first_table = collect.load_checkpoint_table(out)
     first_buffer = _load_buffer(out / "replay_buffer.pkl")
     assert collect.main(_train_argv(out, 800)) == 0
-    return {"out": out, "first_table": first_table, "first_buffer": first_buffer,
-            "table": collect.load_checkpoint_table(out), "buffer": _load_buffer(out / "replay_buffer.pkl")}
+    return {
+        "out": out,
+        "first_table": first_table,
+        "first_buffer": first_buffer,
+        "table": collect.load_checkpoint_table(out),
+        "buffer": _load_buffer(out / "replay_buffer.pkl"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -159,8 +195,11 @@ def test_record_mixture_exact_count_and_sources(datasets):
         counts[labels[0]] += len(ep.rewards)
         # every mixture episode is a (prefix of a) whole episode of its source dataset
         src = sources[names[labels[0]]]
-        assert any(len(s.rewards) >= len(ep.rewards)
-                   and np.array_equal(s.observations[: len(ep.observations)], ep.observations) for s in src)
+        assert any(
+            len(s.rewards) >= len(ep.rewards)
+            and np.array_equal(s.observations[: len(ep.observations)], ep.observations)
+            for s in src
+        )
     assert counts.sum() == MIX and counts.tolist() == [100, 100, 100]
 
 
@@ -221,15 +260,19 @@ def test_record_size_limit_fails_loudly(run, tmp_path):
 # --------------------------------------------------------------------------- units
 def test_select_checkpoints_medium_never_after_expert():
     ref_min, ref_max = REF_SCORES["hopper"]
-    table = [{"steps": 10 * (i + 1), "return_mean": r, "return_std": 0.0, "path": f"m{i}"}
-             for i, r in enumerate([10.0, 500.0, 1000.0, 1200.0, 3000.0, 1070.0])]
+    table = [
+        {"steps": 10 * (i + 1), "return_mean": r, "return_std": 0.0, "path": f"m{i}"}
+        for i, r in enumerate([10.0, 500.0, 1000.0, 1200.0, 3000.0, 1070.0])
+    ]
     choice = collect.select_checkpoints(table, 1 / 3, ref_min, ref_max)
     assert choice["expert"]["steps"] == 50
     assert choice["medium"]["steps"] == 30  # 1070 at step 60 is closer to the target but after the expert
     assert choice["medium_target_return"] == pytest.approx(ref_min + (ref_max - ref_min) / 3)
     # without reference scores the best return is the reference and normalising keeps negative returns sane
-    neg = [{"steps": s, "return_mean": r, "return_std": 0.0, "path": ""} for s, r in
-           [(1, -1200.0), (2, -900.0), (3, -600.0), (4, -150.0)]]
+    neg = [
+        {"steps": s, "return_mean": r, "return_std": 0.0, "path": ""}
+        for s, r in [(1, -1200.0), (2, -900.0), (3, -600.0), (4, -150.0)]
+    ]
     choice = collect.select_checkpoints(neg, 1 / 3, ref_min=-1300.0)
     assert choice["expert"]["steps"] == 4 and choice["medium"]["steps"] == 2
     with pytest.raises(SystemExit, match="train"):
@@ -252,8 +295,14 @@ def _synthetic_buffer():
             nxt = rng.normal(size=2)
             last = t == length - 1
             done = last and end in ("term", "trunc")
-            buf.add(o[None], nxt[None], rng.uniform(-1, 1, size=(1, 2)), np.array([float(t)]), np.array([done]),
-                    [{"TimeLimit.truncated": done and end == "trunc"}])
+            buf.add(
+                o[None],
+                nxt[None],
+                rng.uniform(-1, 1, size=(1, 2)),
+                np.array([float(t)]),
+                np.array([done]),
+                [{"TimeLimit.truncated": done and end == "trunc"}],
+            )
             o = nxt
     return buf, act_space
 
@@ -268,11 +317,12 @@ def test_replay_buffer_episodes_boundaries_alignment_and_actions():
     start = 0
     for ep in episodes:
         n = len(ep.rewards)
-        np.testing.assert_allclose(ep.observations[:-1], buf.observations[start: start + n, 0], rtol=1e-6)
-        np.testing.assert_allclose(ep.observations[1:], buf.next_observations[start: start + n, 0], rtol=1e-6)
-        scaled = buf.actions[start: start + n, 0]
-        np.testing.assert_allclose(ep.actions, act_space.low + 0.5 * (scaled + 1) * (act_space.high - act_space.low),
-                                   rtol=1e-6)
+        np.testing.assert_allclose(ep.observations[:-1], buf.observations[start : start + n, 0], rtol=1e-6)
+        np.testing.assert_allclose(ep.observations[1:], buf.next_observations[start : start + n, 0], rtol=1e-6)
+        scaled = buf.actions[start : start + n, 0]
+        np.testing.assert_allclose(
+            ep.actions, act_space.low + 0.5 * (scaled + 1) * (act_space.high - act_space.low), rtol=1e-6
+        )
         assert not (ep.terminations[:-1].any() or ep.truncations[:-1].any())
         start += n
     # only the first entries, and a cap on the transitions that draws whole episodes
@@ -285,8 +335,12 @@ def test_replay_buffer_episodes_boundaries_alignment_and_actions():
 
 
 def test_take_whole_episodes_cuts_only_the_last():
-    eps = [collect.make_episode(np.zeros((n + 1, 2)), np.zeros((n, 1)), np.ones(n), [False] * (n - 1) + [True],
-                                [False] * n) for n in (5, 7, 3, 9)]
+    eps = [
+        collect.make_episode(
+            np.zeros((n + 1, 2)), np.zeros((n, 1)), np.ones(n), [False] * (n - 1) + [True], [False] * n
+        )
+        for n in (5, 7, 3, 9)
+    ]
     drawn = collect.take_whole_episodes(eps, 12, np.random.default_rng(0))
     assert sum(len(e.rewards) for _, e, _ in drawn) == 12
     assert [c for _, _, c in drawn][:-1] == [False] * (len(drawn) - 1)
@@ -307,9 +361,20 @@ def test_compact_hdf5_keeps_minari_readable_and_shrinks(tmp_path):
     try:
         env = gym.make(ENV)
         obs_space = gym.spaces.Box(-np.inf, np.inf, env.observation_space.shape, np.float32)
-        create_dataset_from_buffers("tt/raw-v0", episodes, env=ENV, eval_env=ENV, observation_space=obs_space,
-                                    algorithm_name="x", description="x", author="x", author_email="x",
-                                    code_permalink="x", ref_min_score=0.0, ref_max_score=1.0)
+        create_dataset_from_buffers(
+            "tt/raw-v0",
+            episodes,
+            env=ENV,
+            eval_env=ENV,
+            observation_space=obs_space,
+            algorithm_name="x",
+            description="x",
+            author="x",
+            author_email="x",
+            code_permalink="x",
+            ref_min_score=0.0,
+            ref_max_score=1.0,
+        )
     finally:
         os.environ.pop("MINARI_DATASETS_PATH") if old is None else os.environ.__setitem__("MINARI_DATASETS_PATH", old)
     data = tmp_path / "tt" / "raw-v0" / "data"
@@ -341,9 +406,11 @@ def test_missing_stable_baselines3_message(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "stable_baselines3", None)
     with pytest.raises(SystemExit, match="Stable-Baselines3"):
         collect.main(["record", "--env", ENV, "--out-dir", str(tmp_path), "--datasets-dir", str(tmp_path)])
-    code = ("import runpy, sys; sys.modules['stable_baselines3'] = None; "
-            f"sys.argv = ['c4-collect', 'train', '--env', '{ENV}', '--out-dir', {str(tmp_path)!r}]; "
-            "runpy.run_module('c4_lightning.collect', run_name='__main__')")
+    code = (
+        "import runpy, sys; sys.modules['stable_baselines3'] = None; "
+        f"sys.argv = ['c4-collect', 'train', '--env', '{ENV}', '--out-dir', {str(tmp_path)!r}]; "
+        "runpy.run_module('c4_lightning.collect', run_name='__main__')"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "Stable-Baselines3" in proc.stderr and "pip install" in proc.stderr
@@ -353,15 +420,55 @@ def test_missing_stable_baselines3_message(monkeypatch, tmp_path):
 def test_record_env_without_d4rl_scores(tmp_path):
     """Pendulum-v1: no D4RL scores (reference = random dataset's return and best checkpoint's), actions in [-2, 2]."""
     out, root = tmp_path / "run", tmp_path / "ds"
-    assert collect.main(["train", "--env", "Pendulum-v1", "--out-dir", str(out), "--total-steps", "400",
-                         "--checkpoint-every", "200", "--learning-starts", "100", "--eval-episodes", "1",
-                         "--no-progress"]) == 0
-    assert collect.main(["record", "--env", "Pendulum-v1", "--out-dir", str(out), "--datasets-dir", str(root),
-                         "--random-steps", "400", "--medium-steps", "200", "--expert-steps", "200", "--sizes", "300",
-                         "--no-progress"]) == 0
+    assert (
+        collect.main(
+            [
+                "train",
+                "--env",
+                "Pendulum-v1",
+                "--out-dir",
+                str(out),
+                "--total-steps",
+                "400",
+                "--checkpoint-every",
+                "200",
+                "--learning-starts",
+                "100",
+                "--eval-episodes",
+                "1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (
+        collect.main(
+            [
+                "record",
+                "--env",
+                "Pendulum-v1",
+                "--out-dir",
+                str(out),
+                "--datasets-dir",
+                str(root),
+                "--random-steps",
+                "400",
+                "--medium-steps",
+                "200",
+                "--expert-steps",
+                "200",
+                "--sizes",
+                "300",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     best = max(collect.load_checkpoint_table(out), key=lambda r: r["return_mean"])
-    random_returns = [float(np.sum(e.rewards)) for e in
-                      minari.MinariDataset(root / "pendulum" / "random-v0" / "data").iterate_episodes()]
+    random_returns = [
+        float(np.sum(e.rewards))
+        for e in minari.MinariDataset(root / "pendulum" / "random-v0" / "data").iterate_episodes()
+    ]
     for name in ("random", "medium", "expert", "medium-replay", "medium-expert", "random-medium-expert-300"):
         meta = minari.MinariDataset(root / "pendulum" / f"{name}-v0" / "data").storage.metadata
         assert meta["ref_min_score"] == pytest.approx(np.mean(random_returns))  # 2 whole 200-step episodes

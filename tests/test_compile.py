@@ -1,6 +1,7 @@
 """``compile=True`` (``--model.compile true``): the critic and actor run through ``torch.compile`` and training works
 for both algorithms on a CPU (with C4, whose refits and probe use other batch shapes). Whether it is faster is
 measured by ``benchmarks/throughput.py --compile``, never asserted here."""
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,9 @@ from c4_lightning.c4.config import C4Config
 def test_compiled_networks_train(toy_env, tmp_path, algo):
     L.seed_everything(0, verbose=False)
     hidden = (32, 32) if algo is TD3BC else (32, 32, 32)
-    module = algo(hidden_dims=hidden, compile=True,
-                  c4=C4Config(enabled=True, pca_dim=4, n_clusters=2, refit_every_n_updates=10))
+    module = algo(
+        hidden_dims=hidden, compile=True, c4=C4Config(enabled=True, pca_dim=4, n_clusters=2, refit_every_n_updates=10)
+    )
     logger = MemoryLogger()
     trainer = make_trainer(tmp_path, max_steps=20, logger=logger, log_every_n_steps=5)
     with warnings.catch_warnings():

@@ -1,5 +1,6 @@
 """Two runs started at the same moment in one ``default_root_dir`` get a folder each (exclusive ``mkdir``), and a
 failing run's clean-up never removes a folder it did not create."""
+
 from __future__ import annotations
 
 import os
@@ -14,11 +15,31 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _cmd(root: Path, alpha: float, fail: bool) -> list[str]:
-    cmd = [sys.executable, str(REPO / "train.py"), "fit", "--config", str(REPO / "configs" / "td3bc_c4.yaml"),
-           "--model.init_args.hidden_dims", "[16,16]", "--model.init_args.alpha", str(alpha),
-           "--data.batch_size", "32", "--data.steps_per_epoch", "5", "--trainer.max_steps", "5",
-           "--model.c4.pca_dim", "4", "--trainer.callbacks", "[]", "--trainer.enable_progress_bar", "false",
-           "--trainer.default_root_dir", str(root)]
+    cmd = [
+        sys.executable,
+        str(REPO / "train.py"),
+        "fit",
+        "--config",
+        str(REPO / "configs" / "td3bc_c4.yaml"),
+        "--model.init_args.hidden_dims",
+        "[16,16]",
+        "--model.init_args.alpha",
+        str(alpha),
+        "--data.batch_size",
+        "32",
+        "--data.steps_per_epoch",
+        "5",
+        "--trainer.max_steps",
+        "5",
+        "--model.c4.pca_dim",
+        "4",
+        "--trainer.callbacks",
+        "[]",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.default_root_dir",
+        str(root),
+    ]
     if fail:  # refused in setup, after the run folder exists: 400 clusters of >= 256 rows cannot come from 10k
         cmd += ["--model.c4.n_clusters", "400"]
     return cmd
@@ -26,9 +47,12 @@ def _cmd(root: Path, alpha: float, fail: bool) -> list[str]:
 
 def _start_together(root: Path, fail_second: bool) -> list[subprocess.CompletedProcess]:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    procs = [subprocess.Popen(_cmd(root, alpha, fail), cwd=REPO, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-             for alpha, fail in ((2.5, False), (3.5, fail_second))]
+    procs = [
+        subprocess.Popen(
+            _cmd(root, alpha, fail), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for alpha, fail in ((2.5, False), (3.5, fail_second))
+    ]
     return [(p, *p.communicate(timeout=600)) for p in procs]
 
 

@@ -1,4 +1,5 @@
 """OfflineRLDataModule: packed single-gather batches, normalisation, clusters, Lightning wiring, resume."""
+
 from __future__ import annotations
 
 import lightning.pytorch as pl

@@ -5,6 +5,7 @@ step (its own indices), and the ranks end with identical parameters.
 Multi-node runs use the same command with ``--trainer.num_nodes N`` on every node (Lightning's launchers);
 they are not tested here.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,37 +33,89 @@ class RankRecorder(Callback):
         self.initial = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.steps.append({"step": trainer.global_step, "cluster": trainer.datamodule.sampler.last_cluster,
-                           "indices": batch["indices"][:8].cpu().tolist()})
+        self.steps.append(
+            {
+                "step": trainer.global_step,
+                "cluster": trainer.datamodule.sampler.last_cluster,
+                "indices": batch["indices"][:8].cpu().tolist(),
+            }
+        )
 
     def on_train_end(self, trainer, pl_module) -> None:
         os.makedirs(self.out_dir, exist_ok=True)
-        torch.save({"rank": trainer.global_rank, "world_size": trainer.world_size, "steps": self.steps,
-                    "strategy": type(trainer.strategy).__name__,
-                    "find_unused_parameters": trainer.strategy._ddp_kwargs.get("find_unused_parameters"),
-                    "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None,
-                    "initial": self.initial,
-                    "final": {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}},
-                   os.path.join(self.out_dir, f"rank{trainer.global_rank}.pt"))
+        torch.save(
+            {
+                "rank": trainer.global_rank,
+                "world_size": trainer.world_size,
+                "steps": self.steps,
+                "strategy": type(trainer.strategy).__name__,
+                "find_unused_parameters": trainer.strategy._ddp_kwargs.get("find_unused_parameters"),
+                "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None,
+                "initial": self.initial,
+                "final": {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()},
+            },
+            os.path.join(self.out_dir, f"rank{trainer.global_rank}.pt"),
+        )
 
 
 def test_ddp_two_cpu_processes(tmp_path):
     out = tmp_path / "ranks"
-    callbacks = json.dumps([
-        {"class_path": "c4_lightning.evaluation.EvalCallback", "init_args": {"episodes": 1}},
-        {"class_path": "test_ddp.RankRecorder", "init_args": {"out_dir": str(out)}},
-    ])
-    args = ["fit", "--config", str(REPO / "configs" / "td3bc_c4.yaml"),
-            "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu",
-            "--model.init_args.hidden_dims", "[16,16]", "--data.batch_size", "32", "--data.steps_per_epoch", "6",
-            "--trainer.max_epochs", "2", "--model.c4.refit_every_n_epochs", "1", "--model.c4.pca_dim", "4",
-            "--model.c4.fit_subsample", "3000", "--model.probe_size", "256", "--trainer.log_every_n_steps", "2",
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-            "--trainer.callbacks", callbacks, "--trainer.default_root_dir", str(tmp_path / "runs")]
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=400)
+    callbacks = json.dumps(
+        [
+            {"class_path": "c4_lightning.evaluation.EvalCallback", "init_args": {"episodes": 1}},
+            {"class_path": "test_ddp.RankRecorder", "init_args": {"out_dir": str(out)}},
+        ]
+    )
+    args = [
+        "fit",
+        "--config",
+        str(REPO / "configs" / "td3bc_c4.yaml"),
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.accelerator",
+        "cpu",
+        "--model.init_args.hidden_dims",
+        "[16,16]",
+        "--data.batch_size",
+        "32",
+        "--data.steps_per_epoch",
+        "6",
+        "--trainer.max_epochs",
+        "2",
+        "--model.c4.refit_every_n_epochs",
+        "1",
+        "--model.c4.pca_dim",
+        "4",
+        "--model.c4.fit_subsample",
+        "3000",
+        "--model.probe_size",
+        "256",
+        "--trainer.log_every_n_steps",
+        "2",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--trainer.callbacks",
+        callbacks,
+        "--trainer.default_root_dir",
+        str(tmp_path / "runs"),
+    ]
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+    )
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "final normalized score" in proc.stdout  # rank 0 finished the run, evaluation summary included
 
@@ -80,8 +133,11 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert r0["final"].keys() == r1["final"].keys()
     for k in r0["final"]:
         assert torch.equal(r0["final"][k], r1["final"][k]), k
-    changed = [k for k in r0["initial"] if k.startswith(("critic.", "actor."))
-               and not torch.equal(r0["initial"][k], r0["final"][k])]
+    changed = [
+        k
+        for k in r0["initial"]
+        if k.startswith(("critic.", "actor.")) and not torch.equal(r0["initial"][k], r0["final"][k])
+    ]
     assert changed
 
 
@@ -129,20 +185,58 @@ def _free_port() -> int:
 
 def _start_ranks(tmp_path: Path, callbacks: list[dict]) -> list[subprocess.Popen]:
     """Both ranks as independent processes (as torchrun or SLURM start them), so each rank's exit code is seen."""
-    args = ["fit", "--config", str(REPO / "configs" / "td3bc.yaml"), "--trainer.devices", "2", "--trainer.strategy",
-            "ddp", "--trainer.accelerator", "cpu", "--model.init_args.hidden_dims", "[16,16]",
-            "--data.batch_size", "32", "--data.steps_per_epoch", "4", "--trainer.max_epochs", "3",
-            "--trainer.enable_progress_bar", "false",
-            "--trainer.enable_model_summary", "false", "--trainer.callbacks", json.dumps(callbacks),
-            "--trainer.default_root_dir", str(tmp_path / "runs")]
+    args = [
+        "fit",
+        "--config",
+        str(REPO / "configs" / "td3bc.yaml"),
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.accelerator",
+        "cpu",
+        "--model.init_args.hidden_dims",
+        "[16,16]",
+        "--data.batch_size",
+        "32",
+        "--data.steps_per_epoch",
+        "4",
+        "--trainer.max_epochs",
+        "3",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--trainer.callbacks",
+        json.dumps(callbacks),
+        "--trainer.default_root_dir",
+        str(tmp_path / "runs"),
+    ]
     port = str(_free_port())
     procs = []
     for rank in (0, 1):
-        env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2",
-                   RANK=str(rank), LOCAL_RANK=str(rank), NODE_RANK="0", LOCAL_WORLD_SIZE="2",
-                   PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
-        procs.append(subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=tmp_path, env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = dict(
+            os.environ,
+            OMP_NUM_THREADS="1",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+            WORLD_SIZE="2",
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            NODE_RANK="0",
+            LOCAL_WORLD_SIZE="2",
+            PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(REPO / "train.py"), *args],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     return procs
 
 

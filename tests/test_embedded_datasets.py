@@ -1,4 +1,5 @@
 """The Hopper datasets shipped in datasets/ load through the public loader and are what their names say."""
+
 from __future__ import annotations
 
 import pytest

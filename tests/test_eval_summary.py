@@ -1,6 +1,7 @@
 """``EvalCallback`` writes ``summary.json`` also when a run is resumed from the checkpoint of an already finished
 run: Lightning then skips training and ``on_train_end``, so the summary comes from ``on_fit_end`` (from the
 evaluation history restored from the checkpoint). A normal run writes it once, at ``on_train_end``."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """``c4-export``: TorchScript and ONNX policies that run without c4_lightning and act as the module does."""
+
 from __future__ import annotations
 
 import os
@@ -26,14 +27,22 @@ def trained(request, tmp_path_factory):
     L.seed_everything(0)
     dm = OfflineRLDataModule(max_transitions=2000, batch_size=32, steps_per_epoch=5)
     model = request.param(hidden_dims=[32, 32])
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=root)
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=root,
+    )
     trainer.fit(model, datamodule=dm)
     ckpt = root / "last.ckpt"
     trainer.save_checkpoint(ckpt)
     rng = np.random.default_rng(0)
-    obs = np.concatenate([dm.transitions.observations[:40].numpy(),
-                          rng.normal(scale=3.0, size=(9, dm.obs_dim)).astype(np.float32)])
+    obs = np.concatenate(
+        [dm.transitions.observations[:40].numpy(), rng.normal(scale=3.0, size=(9, dm.obs_dim)).astype(np.float32)]
+    )
     model.eval()
     return ckpt, model, obs
 
@@ -77,9 +86,14 @@ def test_exported_policy_runs_without_the_package_and_acts_like_the_module(train
     np.save(tmp_path / "obs.npy", obs)
     script = tmp_path / "run_policy.py"
     script.write_text(_STANDALONE)
-    proc = subprocess.run([sys.executable, str(script), fmt, str(out), str(tmp_path / "obs.npy"),
-                           str(tmp_path / "act.npy")], cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, PYTHONPATH=""))
+    proc = subprocess.run(
+        [sys.executable, str(script), fmt, str(out), str(tmp_path / "obs.npy"), str(tmp_path / "act.npy")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=""),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "c4_lightning loaded: False" in proc.stdout
     np.testing.assert_allclose(np.load(tmp_path / "act.npy"), _expected(model, obs), rtol=0, atol=1e-5)

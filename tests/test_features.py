@@ -28,7 +28,7 @@ def test_input_gradients_match_per_member_loop_and_finite_differences(critics):
     x = torch.cat([obs, act], -1)
     for e in range(2):
         for b in range(6):
-            xb = x[b:b + 1].clone().requires_grad_(True)
+            xb = x[b : b + 1].clone().requires_grad_(True)
             q = critic.from_input(xb)[e, 0]
             (ref,) = torch.autograd.grad(q, xb)
             torch.testing.assert_close(g[e, b], ref[0])
@@ -71,7 +71,8 @@ def test_clustering_features_shape_values_and_chunking(critics, kind):
     assert not full.requires_grad and full.grad_fn is None
     for cs in (1, 5, 23):
         torch.testing.assert_close(
-            clustering_features(critic, target, obs, act, nobs, nact, kind=kind, chunk_size=cs), full)
+            clustering_features(critic, target, obs, act, nobs, nact, kind=kind, chunk_size=cs), full
+        )
     # online side from the critic at (s, a), target side from the target at (s', a'), twin-averaged
     if kind == "penultimate":
         phi = critic(obs, act, return_features=True)[1].mean(0)

@@ -1,6 +1,7 @@
 """IQL: one update equals an independent re-implementation of CORL's ``ImplicitQLearning.train`` on a fixed batch
 (plain ``nn.Linear`` networks holding the same weights, plain Adam), it learns the known answer of the one-step
 bandit, and C4 pairs the Q-critic's features at (s, a) with the value network's at s'."""
+
 from __future__ import annotations
 
 import math
@@ -59,7 +60,7 @@ class Reference:
             sa = torch.cat([obs, act], -1)
             target_q = torch.min(self.t1(sa), self.t2(sa)).squeeze(-1)
         adv = target_q - self.v(obs).squeeze(-1)
-        v_loss = torch.mean(torch.abs(hp.expectile - (adv < 0).float()) * adv ** 2)
+        v_loss = torch.mean(torch.abs(hp.expectile - (adv < 0).float()) * adv**2)
         self.v_opt.zero_grad()
         v_loss.backward()
         self.v_opt.step()
@@ -108,10 +109,13 @@ def test_three_updates_equal_corls_iql_updates_on_fixed_batches(tmp_path):
     scale = float(module.reward_scale)
     t = dm.transitions
     assert scale == pytest.approx(1000.0 / episode_return_range(t.rewards, t.episode_ids))
-    losses = [ref.update(b["observations"], b["actions"], b["rewards"] * scale, b["next_observations"],
-                         b["terminals"]) for b in batches]
-    ours = list(zip(logger.values("train/value_loss"), logger.values("train/critic_loss"),
-                    logger.values("train/actor_loss")))
+    losses = [
+        ref.update(b["observations"], b["actions"], b["rewards"] * scale, b["next_observations"], b["terminals"])
+        for b in batches
+    ]
+    ours = list(
+        zip(logger.values("train/value_loss"), logger.values("train/critic_loss"), logger.values("train/actor_loss"))
+    )
     assert len(ours) == len(losses) == 3
     np.testing.assert_allclose(np.array(ours), np.array(losses), rtol=1e-4)
     pairs = [(module.value, [ref.v]), (module.critic, [ref.q1, ref.q2]), (module.critic_target, [ref.t1, ref.t2])]
@@ -165,8 +169,18 @@ def test_iql_finds_the_best_in_data_action(toy_env, tmp_path):
     """The bandit of tests/test_learning.py: every step terminal, so Q* = r and the best in-data action is a*(s);
     advantage-weighted regression must move the policy from the behaviour mean (0) towards a*(s)."""
     L.seed_everything(0, verbose=False)
-    module = IQL(obs_dim=3, act_dim=2, hidden_dims=(64, 64), actor_lr=3e-3, qf_lr=1e-3, vf_lr=1e-3,
-                 temperature=10.0, expectile=0.9, normalize_rewards=False, actor_lr_cosine_steps=None)
+    module = IQL(
+        obs_dim=3,
+        act_dim=2,
+        hidden_dims=(64, 64),
+        actor_lr=3e-3,
+        qf_lr=1e-3,
+        vf_lr=1e-3,
+        temperature=10.0,
+        expectile=0.9,
+        normalize_rewards=False,
+        actor_lr_cosine_steps=None,
+    )
     states = torch.from_numpy(np.random.default_rng(123).normal(size=(512, 3)).astype(np.float32))
     error = lambda: float((module.act(states) - torch.from_numpy(bandit_a_star(states))).norm(dim=-1).mean())  # noqa: E731
     before = error()

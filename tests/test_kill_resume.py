@@ -4,6 +4,7 @@ was never killed, under an update budget (``max_steps``) as under an epoch budge
 :class:`KillAtStep` (named in the run's config; importable by the subprocess through ``PYTHONPATH``) SIGKILLs its own
 process once the run has made ``at_step`` updates, so nothing of the run's own shutdown code runs.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,23 +36,50 @@ class KillAtStep(Callback):
 
 
 def _config(tmp_path: Path, name: str, budget: str, kill_at: int | None, every: int) -> Path:
-    callbacks = [{"class_path": "c4_lightning.evaluation.EvalCallback",
-                  "init_args": {"every_n_epochs": 1, "episodes": 1, "max_envs": 1}},
-                 {"class_path": "c4_lightning.training.PeriodicCheckpoint", "init_args": {"every_n_updates": every}}]
+    callbacks = [
+        {
+            "class_path": "c4_lightning.evaluation.EvalCallback",
+            "init_args": {"every_n_epochs": 1, "episodes": 1, "max_envs": 1},
+        },
+        {"class_path": "c4_lightning.training.PeriodicCheckpoint", "init_args": {"every_n_updates": every}},
+    ]
     if kill_at is not None:
         callbacks.append({"class_path": "test_kill_resume.KillAtStep", "init_args": {"at_step": kill_at}})
     limit = {"max_steps": STEPS_PER_EPOCH * EPOCHS} if budget == "max_steps" else {"max_epochs": EPOCHS}
     cfg = {
         "seed_everything": 5,
-        "model": {"class_path": "c4_lightning.algos.TD3BC",
-                  "init_args": {"hidden_dims": [32, 32], "probe_size": 64, "log_every_n_steps": 5,
-                                "c4": {"enabled": True, "n_clusters": 2, "refit_every_n_updates": 7, "pca_dim": 8,
-                                       "fit_subsample": 1000, "penalty_weight": 0.1}}},
-        "data": {"dataset_id": "hopper/random-medium-expert-10k", "max_transitions": 1500, "batch_size": 32,
-                 "steps_per_epoch": STEPS_PER_EPOCH},
-        "trainer": {**limit, "accelerator": "cpu", "devices": 1, "enable_progress_bar": False,
-                    "enable_model_summary": False, "log_every_n_steps": 5,
-                    "default_root_dir": str(tmp_path / name), "callbacks": callbacks},
+        "model": {
+            "class_path": "c4_lightning.algos.TD3BC",
+            "init_args": {
+                "hidden_dims": [32, 32],
+                "probe_size": 64,
+                "log_every_n_steps": 5,
+                "c4": {
+                    "enabled": True,
+                    "n_clusters": 2,
+                    "refit_every_n_updates": 7,
+                    "pca_dim": 8,
+                    "fit_subsample": 1000,
+                    "penalty_weight": 0.1,
+                },
+            },
+        },
+        "data": {
+            "dataset_id": "hopper/random-medium-expert-10k",
+            "max_transitions": 1500,
+            "batch_size": 32,
+            "steps_per_epoch": STEPS_PER_EPOCH,
+        },
+        "trainer": {
+            **limit,
+            "accelerator": "cpu",
+            "devices": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "log_every_n_steps": 5,
+            "default_root_dir": str(tmp_path / name),
+            "callbacks": callbacks,
+        },
     }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -59,10 +87,20 @@ def _config(tmp_path: Path, name: str, budget: str, kill_at: int | None, every: 
 
 
 def _run(config: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, "train.py", "fit", "--config", str(config), *extra], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
+    )
+    return subprocess.run(
+        [sys.executable, "train.py", "fit", "--config", str(config), *extra],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _state(root: Path) -> tuple[dict, dict]:

@@ -10,6 +10,7 @@ CQL runs with cql_alpha=1: with uniform behaviour actions CQL(H)'s regulariser p
 behaviour density, i.e. flattens it (Q = r - alpha / (2 mu) (softmax Q - mu)), so the default alpha=10
 still ranks a* first but needs far more updates.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -62,8 +63,7 @@ def test_td3bc_finds_the_best_in_data_action(toy_env, tmp_path, test_states, c4)
 
 def test_cql_finds_the_best_in_data_action(toy_env, tmp_path, test_states):
     L.seed_everything(0, verbose=False)
-    module = CQL(obs_dim=3, act_dim=2, hidden_dims=(64, 64), policy_lr=3e-3, qf_lr=1e-3, cql_alpha=1.0,
-                 cql_n_actions=5)
+    module = CQL(obs_dim=3, act_dim=2, hidden_dims=(64, 64), policy_lr=3e-3, qf_lr=1e-3, cql_alpha=1.0, cql_n_actions=5)
     before = policy_error(module, test_states)
     train(module, tmp_path, steps=400)
     after = policy_error(module, test_states)

@@ -1,4 +1,5 @@
 """Finding, opening and converting Minari datasets (c4_lightning/data/minari.py)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -109,7 +110,12 @@ def test_env_id_and_d4rl_reference_scores(minari_dirs):
     assert t.env_id == "Hopper-v5"
     assert t.ref_scores == (-20.272305, 3234.3)
     build_minari_dataset(
-        minari_dirs.cache, "hopper/own-v0", [(2, "term")], obs_dim=11, act_dim=3, env_id="Hopper-v5",
+        minari_dirs.cache,
+        "hopper/own-v0",
+        [(2, "term")],
+        obs_dim=11,
+        act_dim=3,
+        env_id="Hopper-v5",
         ref_scores=(1.0, 2.0),
     )
     assert load_transitions("hopper/own").ref_scores == (1.0, 2.0)
@@ -239,8 +245,9 @@ def test_load_transitions_subsample_and_mixture(toy_minari):
     names = np.array(m.source_names)[m.sources.numpy()]
     assert np.all(names[part == 0] == "toy/mixed-v0") and np.all(names[part == 1] == "toy/other-v0")
     labelled_ep = origin[part == 2] - 200
-    assert np.array_equal(names[part == 2],
-                          np.array(["alpha", "beta", "gamma"])[np.array(LABELLED_SOURCES)[labelled_ep]])
+    assert np.array_equal(
+        names[part == 2], np.array(["alpha", "beta", "gamma"])[np.array(LABELLED_SOURCES)[labelled_ep]]
+    )
     assert m.dataset_ids == ["toy/mixed-v0", "toy/labelled-v0", "toy/other-v0"]
     shares = load_transitions(["toy/mixed", "toy/other"], shares=[3, 1], max_transitions=20)
     assert np.bincount(shares.observations[:, 0].numpy().astype(np.int64) // 1_000_000, minlength=2).tolist() == [15, 5]

@@ -1,4 +1,5 @@
 """Network details that the losses rely on."""
+
 import torch
 
 from c4_lightning.algos.networks import CriticEnsemble

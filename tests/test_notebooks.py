@@ -1,6 +1,7 @@
 """The notebooks run headless, top to bottom, with a tiny budget (``C4_NOTEBOOK_BUDGET``), and are committed with
 the outputs of a full run on the embedded data (``python benchmarks/tools/run_notebook.py notebooks/0*.ipynb``):
 figures, no errors, no widget warnings."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,8 +17,13 @@ TINY_BUDGET = "20"
 
 
 def test_the_four_notebooks_exist():
-    assert [p.stem for p in NOTEBOOKS] == ["01_quickstart", "02_cross_covariance", "03_lambda_sweep", "04_clusters",
-                                           "05_sweep_results"]
+    assert [p.stem for p in NOTEBOOKS] == [
+        "01_quickstart",
+        "02_cross_covariance",
+        "03_lambda_sweep",
+        "04_clusters",
+        "05_sweep_results",
+    ]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -55,7 +61,11 @@ def test_notebook_runs_headless(path, tmp_path, monkeypatch):
     assert not any(noise in text for noise in WIDGET_NOISE), text[-2000:]
     if path.stem not in TRAINS_NOTHING:
         assert list((tmp_path / "runs").rglob("events.out.tfevents.*")), "no TensorBoard run was written"
-    expected = {"01_quickstart": "normalised score", "02_cross_covariance": "final ratio C4 / baseline",
-                "03_lambda_sweep": "score mean", "04_clusters": "critic-feature partition",
-                "05_sweep_results": "decision rule"}[path.stem]
+    expected = {
+        "01_quickstart": "normalised score",
+        "02_cross_covariance": "final ratio C4 / baseline",
+        "03_lambda_sweep": "score mean",
+        "04_clusters": "critic-feature partition",
+        "05_sweep_results": "decision rule",
+    }[path.stem]
     assert expected in text, text[-2000:]

@@ -145,7 +145,8 @@ def test_registry_and_validation():
         validate_penalty_name("crosscov")
     x, y = torch.randn(8, 3), torch.randn(8, 3)
     torch.testing.assert_close(penalty_value("cross_cov", x, y), cross_cov_penalty(x, y))
-    torch.testing.assert_close(penalty_value("grad_cross_cov", x, y, beta=0.0, cap=2.0),
-                               grad_cross_cov_penalty(x, y, beta=0.0, cap=2.0))
+    torch.testing.assert_close(
+        penalty_value("grad_cross_cov", x, y, beta=0.0, cap=2.0), grad_cross_cov_penalty(x, y, beta=0.0, cap=2.0)
+    )
     with pytest.raises(ValueError, match="beta"):
         penalty_value("cross_cov", x, y, beta=1.0)

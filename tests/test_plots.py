@@ -36,8 +36,14 @@ def test_legends_count_every_row_and_the_panels_use_different_palettes():
     rng = np.random.default_rng(1)
     labels = np.repeat([0, 1, 2], [5000, 2000, 1000])
     sources = np.repeat([0, 1], [6000, 2000])
-    fig = cluster_scatter_figure(rng.normal(size=(8000, 2)), labels, sources, ["random", "expert"], max_points=500,
-                                 title="C4 partition 2 at update 3000")
+    fig = cluster_scatter_figure(
+        rng.normal(size=(8000, 2)),
+        labels,
+        sources,
+        ["random", "expert"],
+        max_points=500,
+        title="C4 partition 2 at update 3000",
+    )
     by_cluster = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     by_source = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
     assert by_cluster == ["cluster 0 (5,000)", "cluster 1 (2,000)", "cluster 2 (1,000)"]  # true sizes, not drawn

@@ -2,6 +2,7 @@
 bit-identical parameters to the plain PyTorch reference loops of ``benchmarks/plain_loop.py``, with the same
 data and the sampler's uniform index stream, with either Adam implementation (the modules' default fused Adam, or
 ``fused_adam=False`` against the plain loops' default for-loop Adam)."""
+
 from __future__ import annotations
 
 import sys
@@ -11,8 +12,15 @@ import lightning as L
 import pytest
 import torch
 
-from helpers_lightning import (HOPPERLIKE, REPO, assert_same_tensors, make_datamodule, make_trainer,  # noqa: F401
-                               params_of, toy_env)
+from helpers_lightning import (
+    HOPPERLIKE,
+    REPO,
+    assert_same_tensors,
+    make_datamodule,
+    make_trainer,
+    params_of,
+)
+from helpers_lightning import toy_env  # noqa: F401  (a pytest fixture the tests name as an argument)
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from plain_loop import PlainCQL, PlainTD3BC  # noqa: E402
@@ -43,8 +51,13 @@ def plain_batch(dm, g: int):
     gen = torch.Generator().manual_seed(index_seed(dm.resolved_sampler_seed(), 0, g))
     idx = torch.randint(dm.num_transitions, (BATCH,), generator=gen)
     t, mean, std = dm.transitions, dm.obs_mean, dm.obs_std
-    return ((t.observations[idx] - mean) / std, t.actions[idx], t.rewards[idx],
-            (t.next_observations[idx] - mean) / std, t.terminals[idx])
+    return (
+        (t.observations[idx] - mean) / std,
+        t.actions[idx],
+        t.rewards[idx],
+        (t.next_observations[idx] - mean) / std,
+        t.terminals[idx],
+    )
 
 
 FUSED = {True: {"fused": True}, False: None}  # module's fused_adam -> the plain loop's Adam options
@@ -76,15 +89,20 @@ def _cql_params(m):
     return params_of(m.actor, m.critic, m.critic_target) + [m.log_alpha.detach().clone()]
 
 
-@pytest.mark.parametrize("explicit_dims,fused", [(True, True), (False, True), (True, False)],
-                         ids=["dims-given", "dims-from-datamodule", "for-loop-adam"])
+@pytest.mark.parametrize(
+    "explicit_dims,fused",
+    [(True, True), (False, True), (True, False)],
+    ids=["dims-given", "dims-from-datamodule", "for-loop-adam"],
+)
 def test_td3bc_c4_off_equals_plain_loop(dm, tmp_path, explicit_dims, fused):
     module, init, _ = run_lightning(TD3BC, dm, tmp_path, explicit_dims, hidden_dims=TD3_HIDDEN, fused_adam=fused)
     plain, plain_init = run_plain(PlainTD3BC, dm, fused, hidden=TD3_HIDDEN)
     if init is not None:
         assert_same_tensors(init, plain_init, "initial parameters")
-    assert_same_tensors(params_of(module.actor, module.critic, module.actor_target, module.critic_target),
-                        params_of(plain.actor, plain.critic, plain.actor_target, plain.critic_target))
+    assert_same_tensors(
+        params_of(module.actor, module.critic, module.actor_target, module.critic_target),
+        params_of(plain.actor, plain.critic, plain.actor_target, plain.critic_target),
+    )
     assert not torch.equal(params_of(module.critic)[0], plain_init[len(params_of(module.actor))]), "nothing trained"
 
 
@@ -93,8 +111,10 @@ def test_cql_c4_off_equals_plain_loop(dm, tmp_path, fused):
     module, init, _ = run_lightning(CQL, dm, tmp_path, hidden_dims=CQL_HIDDEN, fused_adam=fused)
     plain, plain_init = run_plain(PlainCQL, dm, fused, hidden=CQL_HIDDEN)
     assert_same_tensors(init, plain_init, "initial parameters")
-    assert_same_tensors(_cql_params(module),
-                        params_of(plain.actor, plain.critic, plain.critic_target) + [plain.log_alpha.detach().clone()])
+    assert_same_tensors(
+        _cql_params(module),
+        params_of(plain.actor, plain.critic, plain.critic_target) + [plain.log_alpha.detach().clone()],
+    )
 
 
 def _refit_callback(trainer) -> ClusterRefitCallback:

@@ -1,5 +1,6 @@
 """``load_policy(ckpt)``: a callable on raw observations (normalisation inside) that acts exactly as the trained
 module in memory; ``python -m c4_lightning.evaluate --ckpt PATH --episodes 2`` prints return and normalised score."""
+
 from __future__ import annotations
 
 import json
@@ -30,12 +31,33 @@ def td3bc_cli(tmp_path_factory):
     """A TD3BC+C4 run written by the command-line interface (in-process)."""
     root = tmp_path_factory.mktemp("policy")
     callbacks = json.dumps([{"class_path": "c4_lightning.evaluation.EvalCallback", "init_args": {"episodes": 1}}])
-    return C4LightningCLI(args=[
-        "fit", "--config", str(REPO / "configs" / "td3bc_c4.yaml"), "--model.init_args.hidden_dims", "[32,32]",
-        "--data.batch_size", "32", "--data.steps_per_epoch", "6", "--trainer.max_epochs", "1",
-        "--model.c4.pca_dim", "4", "--model.probe_size", "256", "--trainer.callbacks", callbacks,
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        "--trainer.default_root_dir", str(root)])
+    return C4LightningCLI(
+        args=[
+            "fit",
+            "--config",
+            str(REPO / "configs" / "td3bc_c4.yaml"),
+            "--model.init_args.hidden_dims",
+            "[32,32]",
+            "--data.batch_size",
+            "32",
+            "--data.steps_per_epoch",
+            "6",
+            "--trainer.max_epochs",
+            "1",
+            "--model.c4.pca_dim",
+            "4",
+            "--model.probe_size",
+            "256",
+            "--trainer.callbacks",
+            callbacks,
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.enable_model_summary",
+            "false",
+            "--trainer.default_root_dir",
+            str(root),
+        ]
+    )
 
 
 def raw_observations(dm: OfflineRLDataModule, n: int = 64) -> np.ndarray:
@@ -75,8 +97,14 @@ def test_load_policy_from_cli_checkpoint_acts_like_the_module(td3bc_cli):
 def test_load_policy_cql_python_api(tmp_path):
     model = CQL(hidden_dims=(32, 32), probe_size=256, c4=C4Config(enabled=False))
     dm = OfflineRLDataModule(batch_size=32, steps_per_epoch=4)
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, datamodule=dm)
     path = tmp_path / "cql.ckpt"
     trainer.save_checkpoint(path)
@@ -106,8 +134,14 @@ def test_policy_rejects_wrong_observation_size(td3bc_cli):
 
 def _evaluate(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "c4_lightning.evaluate", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "c4_lightning.evaluate", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_evaluate_command_prints_return_and_normalised_score(td3bc_cli, tmp_path):

@@ -1,6 +1,7 @@
 """Mixed precision: ``bf16-mixed`` on CPU trains with C4's ``grad_cross_cov`` penalty (double backprop through
 the critic's input gradients) and keeps every loss finite; ``16-mixed`` is CUDA-only (GradScaler) and is
 tested only where a GPU is present."""
+
 from __future__ import annotations
 
 import lightning as L
@@ -20,8 +21,9 @@ class LossRecorder(Callback):
         self.rows: list[dict[str, float]] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.rows.append({k: float(v) for k, v in trainer.callback_metrics.items()
-                          if k.startswith(("train/", "c4/penalty"))})
+        self.rows.append(
+            {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "c4/penalty"))}
+        )
 
 
 def _spy(cls):
@@ -38,14 +40,27 @@ def _spy(cls):
 
 
 def fit(cls, precision: str, accelerator: str, penalty: str = "grad_cross_cov"):
-    model = _spy(cls)(hidden_dims=(32, 32), log_every_n_steps=1, probe_size=256,
-                      c4=C4Config(enabled=True, penalty=penalty, penalty_weight=0.5, pca_dim=4, fit_subsample=2000))
+    model = _spy(cls)(
+        hidden_dims=(32, 32),
+        log_every_n_steps=1,
+        probe_size=256,
+        c4=C4Config(enabled=True, penalty=penalty, penalty_weight=0.5, pca_dim=4, fit_subsample=2000),
+    )
     model.autocast_seen = []
     dm = OfflineRLDataModule(batch_size=64, steps_per_epoch=STEPS)
     recorder = LossRecorder()
-    trainer = L.Trainer(accelerator=accelerator, devices=1, precision=precision, max_epochs=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        log_every_n_steps=1, callbacks=[recorder])
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        precision=precision,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        callbacks=[recorder],
+    )
     before = {k: v.detach().clone() for k, v in model.state_dict().items()} if model._built else None
     trainer.fit(model, datamodule=dm)
     return model, trainer, recorder, before

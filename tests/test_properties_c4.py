@@ -1,4 +1,5 @@
 """Property tests for the C4 penalty and covariance functions over random shapes."""
+
 import numpy as np
 import torch
 from hypothesis import given, settings
@@ -36,8 +37,9 @@ def test_cross_covariance_shape_matches_np_cov_and_transposes(xy):
     cf = c.reshape(-1, *c.shape[-2:])
     for i in range(xf.shape[0]):
         full = np.cov(np.concatenate([yf[i].numpy(), xf[i].numpy()], 1).T)
-        np.testing.assert_allclose(cf[i].numpy(), np.atleast_2d(full)[: y.shape[-1], y.shape[-1]:],
-                                   rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(
+            cf[i].numpy(), np.atleast_2d(full)[: y.shape[-1], y.shape[-1] :], rtol=1e-9, atol=1e-12
+        )
 
 
 @SETTINGS
@@ -64,11 +66,13 @@ def test_grad_cross_cov_bounded_nonnegative_shift_invariant(xy, beta, cap, shift
     x, y = xy
     v = grad_cross_cov_penalty(x, y, beta=beta, cap=cap)
     assert (v >= 0).all() and (v <= cap).all()
-    torch.testing.assert_close(grad_cross_cov_penalty(x + shift, y - shift, beta=beta, cap=cap), v,
-                               rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(
+        grad_cross_cov_penalty(x + shift, y - shift, beta=beta, cap=cap), v, rtol=1e-6, atol=1e-9
+    )
     # with beta = 0 and a huge cap it is the plain cross-cov penalty
-    torch.testing.assert_close(grad_cross_cov_penalty(x, y, beta=0.0, cap=1e12), cross_cov_penalty(x, y),
-                               rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(
+        grad_cross_cov_penalty(x, y, beta=0.0, cap=1e12), cross_cov_penalty(x, y), rtol=1e-6, atol=1e-12
+    )
     # monotone in beta
     assert (grad_cross_cov_penalty(x, y, beta=beta + 1.0, cap=cap) >= v - 1e-12).all()
 

@@ -6,6 +6,7 @@ path of the datamodule (``combine_loaded``); the sampler's cluster proportions f
 resume from any position, overlapping member lists; and the partition itself when K exceeds the number of
 distinct points.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -32,8 +33,10 @@ def _origin(t: Transitions) -> np.ndarray:
 
 def _labelled(parts_lengths: list[list[int]]) -> Transitions:
     """Parts with ep_base 100, 200, ... and source names s0, s1, ... concatenated: several sources in one."""
-    parts = [synthetic_transitions(ls, ep_base=100 * (i + 1), source_name=f"s{i}", dataset_id=f"d{i}-v0")
-             for i, ls in enumerate(parts_lengths)]
+    parts = [
+        synthetic_transitions(ls, ep_base=100 * (i + 1), source_name=f"s{i}", dataset_id=f"d{i}-v0")
+        for i, ls in enumerate(parts_lengths)
+    ]
     return concatenate(parts)
 
 
@@ -114,8 +117,14 @@ def test_combine_loaded_single_dataset_is_an_exact_subsample(parts, frac, seed):
 def test_mix_of_mixtures_keeps_every_rows_source(a, b, share, frac, seed):
     # b's sources are named s{len(a)}.. so the two inputs never share a name
     left = _labelled(a)
-    right = concatenate([synthetic_transitions(ls, ep_base=100 * (len(a) + i + 1), source_name=f"s{len(a) + i}",
-                                               dataset_id=f"d{len(a) + i}-v0") for i, ls in enumerate(b)])
+    right = concatenate(
+        [
+            synthetic_transitions(
+                ls, ep_base=100 * (len(a) + i + 1), source_name=f"s{len(a) + i}", dataset_id=f"d{len(a) + i}-v0"
+            )
+            for i, ls in enumerate(b)
+        ]
+    )
     largest = len(mix([left, right], shares=[share, 1 - share], seed=seed))
     total = max(1, int(frac * largest))
     out = mix([left, right], shares=[share, 1 - share], total=total, seed=seed)
@@ -191,8 +200,9 @@ def test_resume_from_any_position_continues_the_same_stream(sizes, steps, epoch,
 @settings(max_examples=25, deadline=None)
 @given(n=st.integers(2, 40), k=st.integers(1, 5), b=st.integers(1, 6), seed=st.integers(0, 1000), data=st.data())
 def test_overlapping_members_each_batch_inside_one_qualifying_list(n, k, b, seed, data):
-    members = [np.array(sorted(data.draw(st.sets(st.integers(0, n - 1), max_size=n))), dtype=np.int64)
-               for _ in range(k)]
+    members = [
+        np.array(sorted(data.draw(st.sets(st.integers(0, n - 1), max_size=n))), dtype=np.int64) for _ in range(k)
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         s = ClusterBatchSampler(n, b, 8, min_cluster_size=b, seed=seed)
@@ -225,7 +235,7 @@ def test_partition_with_more_clusters_than_distinct_points_refuses(distinct, k, 
     assert labels.shape == (len(x),) and labels.min() >= 0 and labels.max() < k
     assert np.bincount(labels, minlength=k).min() > 0  # no empty cluster is ever returned
     # duplicates of one point always share a label
-    assert all(np.unique(labels[i * repeat:(i + 1) * repeat]).size == 1 for i in range(distinct))
+    assert all(np.unique(labels[i * repeat : (i + 1) * repeat]).size == 1 for i in range(distinct))
 
 
 def test_partition_refuses_k_larger_than_distinct_points_with_a_clear_message():

@@ -1,6 +1,7 @@
 """``ClusterRefitCallback`` through the Trainer: first partition before the first step, refits replace the
 sampler's partition (and the batches follow it), sizes/counters logged, a failed GMM fit keeps the previous
 partition, and the trajectory-tail and average-critics flags."""
+
 from __future__ import annotations
 
 import warnings
@@ -126,6 +127,7 @@ def test_failed_first_partition_samples_uniformly(toy_env, tmp_path, monkeypatch
 
 # ------------------------------------------------------------------ trajectory tail
 
+
 def test_trajectory_tail_members_by_hand():
     episode_ids = np.array([0, 0, 0, 0, 1, 1, 1])
     labels = np.array([1, 0, 1, 2, 2, 2, 0])
@@ -163,6 +165,7 @@ def test_trajectory_tail_flag_gives_overlapping_member_lists(toy_env, tmp_path):
 
 # ------------------------------------------------------------------ average critics
 
+
 def _members_equal(critic) -> bool:
     return all(torch.equal(p[0], p[1]) for p in critic.parameters())
 
@@ -183,8 +186,9 @@ def test_average_critics_flag_at_refit_only(toy_env, tmp_path):
     assert refit.refits == 2 and _members_equal(module.critic)
     assert not _members_equal(module.critic_target)  # only the online critics
     # the initial partition does not average (refit only after epoch 2 here): the twins stay distinct
-    module, *_, refit, _ = run(tmp_path / "b", max_steps=S,
-                               c4_kwargs=dict(average_critics_at_refit=True, refit_every_n_epochs=2))
+    module, *_, refit, _ = run(
+        tmp_path / "b", max_steps=S, c4_kwargs=dict(average_critics_at_refit=True, refit_every_n_epochs=2)
+    )
     assert refit.refits == 1 and not _members_equal(module.critic)
     # flag off: never averaged
     module, *_, refit, _ = run(tmp_path / "c", max_steps=S)

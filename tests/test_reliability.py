@@ -9,6 +9,7 @@
 * an end-of-epoch checkpoint resumes exactly (the mid-epoch SIGTERM case is in test_signals.py);
 * the helpers of ``c4_lightning.training`` (checkpoint I/O, shutdown, RNG state) and the CLI's error line.
 """
+
 from __future__ import annotations
 
 import io
@@ -49,23 +50,34 @@ STEPS = 5
 
 
 def make_dm(**kw) -> OfflineRLDataModule:
-    args = dict(dataset_id="hopper/random-medium-expert-10k", max_transitions=1000, batch_size=32,
-                steps_per_epoch=STEPS)
+    args = dict(
+        dataset_id="hopper/random-medium-expert-10k", max_transitions=1000, batch_size=32, steps_per_epoch=STEPS
+    )
     args.update(kw)
     return OfflineRLDataModule(**args)
 
 
 def make_model(c4: bool = True, **c4_kw) -> TD3BC:
-    cfg = C4Config(**{"enabled": c4, "n_clusters": 2, "refit_every_n_epochs": 1, "pca_dim": 8, "fit_subsample": 500,
-                      **c4_kw})
+    cfg = C4Config(
+        **{"enabled": c4, "n_clusters": 2, "refit_every_n_epochs": 1, "pca_dim": 8, "fit_subsample": 500, **c4_kw}
+    )
     return TD3BC(hidden_dims=(32, 32), probe_size=64, log_every_n_steps=1, c4=cfg)
 
 
 def make_trainer(tmp_path: Path, max_epochs: int = 2, callbacks=(), logger=None, **kw) -> L.Trainer:
-    args = dict(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=logger if logger is not None else False,
-                enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                use_distributed_sampler=False, default_root_dir=str(tmp_path), log_every_n_steps=1,
-                callbacks=list(callbacks))
+    args = dict(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=logger if logger is not None else False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        use_distributed_sampler=False,
+        default_root_dir=str(tmp_path),
+        log_every_n_steps=1,
+        callbacks=list(callbacks),
+    )
     args.update(kw)
     return L.Trainer(**args)
 
@@ -109,8 +121,11 @@ def test_failed_refit_keeps_previous_partition_warns_and_counts(tmp_path, monkey
     logger = TensorBoardLogger(str(tmp_path), name="tb")
     dm, model = make_dm(), make_model()
     trainer = make_trainer(tmp_path, max_epochs=3, callbacks=[Watch()], logger=logger)
-    with pytest.warns(UserWarning, match=r"C4 refit at epoch 0 failed \(GaussianMixture fit failed: simulated.*"
-                                         r"keeping the previous partition"):
+    with pytest.warns(
+        UserWarning,
+        match=r"C4 refit at epoch 0 failed \(GaussianMixture fit failed: simulated.*"
+        r"keeping the previous partition",
+    ):
         trainer.fit(model, datamodule=dm)
     assert trainer.global_step == 3 * STEPS  # training went on
     refit = next(c for c in trainer.callbacks if isinstance(c, ClusterRefitCallback))
@@ -160,8 +175,11 @@ def test_nonfinite_loss_stops_naming_update_and_loss_after_checkpointing_the_las
     model = Poisoned(hidden_dims=(32, 32), probe_size=64, c4=C4Config(enabled=False))
     logger = TensorBoardLogger(str(tmp_path), name="tb")
     trainer = make_trainer(tmp_path, max_epochs=3, logger=logger)
-    with pytest.raises(NonFiniteLossError, match=r"non-finite critic_loss at update 7 \(epoch 1\); "
-                                                 r"the state that produced it is saved to .*nonfinite-state\.ckpt"):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"non-finite critic_loss at update 7 \(epoch 1\); "
+        r"the state that produced it is saved to .*nonfinite-state\.ckpt",
+    ):
         trainer.fit(model, datamodule=make_dm())
     path = Path(logger.log_dir) / "checkpoints" / "nonfinite-state.ckpt"
     ckpt = torch.load(path, map_location="cpu", weights_only=True)  # also: loadable without pickled objects
@@ -177,12 +195,32 @@ def test_nonfinite_loss_stops_naming_update_and_loss_after_checkpointing_the_las
 
 def test_nonfinite_loss_through_the_cli_exits_3_with_one_line_and_keeps_the_run(tmp_path):
     root = tmp_path / "runs"
-    cmd = [sys.executable, "train.py", "fit", "--config", "configs/td3bc.yaml", "--trainer.default_root_dir",
-           str(root), "--data.reward_scale", "1e36", "--data.steps_per_epoch", "3", "--data.batch_size", "32",
-           "--trainer.max_epochs", "1", "--model.init_args.hidden_dims", "[32,32]", "--trainer.callbacks", "[]",
-           "--trainer.enable_progress_bar", "false"]
-    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
-                          timeout=180)
+    cmd = [
+        sys.executable,
+        "train.py",
+        "fit",
+        "--config",
+        "configs/td3bc.yaml",
+        "--trainer.default_root_dir",
+        str(root),
+        "--data.reward_scale",
+        "1e36",
+        "--data.steps_per_epoch",
+        "3",
+        "--data.batch_size",
+        "32",
+        "--trainer.max_epochs",
+        "1",
+        "--model.init_args.hidden_dims",
+        "[32,32]",
+        "--trainer.callbacks",
+        "[]",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=180
+    )
     assert proc.returncode == 3, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
@@ -220,8 +258,11 @@ def test_evaluation_env_that_raises_is_reported_and_training_continues(tmp_path)
     ev = EvalCallback(every_n_epochs=1, episodes=1, max_envs=1, env_id=env_id)
     logger = TensorBoardLogger(str(tmp_path), name="tb")
     trainer = make_trainer(tmp_path, max_epochs=3, callbacks=[ev], logger=logger)
-    with pytest.warns(UserWarning, match=r"evaluation at epoch 0 failed \(RuntimeError: simulated MuJoCo "
-                                         r"instability\); training continues"):
+    with pytest.warns(
+        UserWarning,
+        match=r"evaluation at epoch 0 failed \(RuntimeError: simulated MuJoCo "
+        r"instability\); training continues",
+    ):
         trainer.fit(make_model(c4=False), datamodule=make_dm())
     assert trainer.global_step == 3 * STEPS
     assert ev.failures == 1 and [h["epoch"] for h in ev.history] == [1, 2]
@@ -258,8 +299,7 @@ def test_last_ckpt_survives_a_save_that_fails_half_way(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", failing_save)
     mc = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_epochs=1)
-    trainer = make_trainer(tmp_path, max_epochs=2, callbacks=[mc, GracefulShutdown(), Arm()],
-                           enable_checkpointing=True)
+    trainer = make_trainer(tmp_path, max_epochs=2, callbacks=[mc, GracefulShutdown(), Arm()], enable_checkpointing=True)
     with pytest.raises(OSError, match="simulated"):
         trainer.fit(make_model(c4=False), datamodule=make_dm())
     assert state["failed"] == 1 and isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
@@ -275,8 +315,9 @@ def test_atomic_io_is_installed_only_over_the_default_io(tmp_path):
 
     for io_plugin, expected in ((None, AtomicCheckpointIO), (MyIO(), MyIO)):
         plugins = [io_plugin] if io_plugin is not None else None
-        trainer = make_trainer(tmp_path, max_epochs=1, callbacks=[GracefulShutdown()], plugins=plugins,
-                               limit_train_batches=1)
+        trainer = make_trainer(
+            tmp_path, max_epochs=1, callbacks=[GracefulShutdown()], plugins=plugins, limit_train_batches=1
+        )
         trainer.fit(make_model(c4=False), datamodule=make_dm())
         assert type(trainer.strategy.checkpoint_io) is expected
 
@@ -286,8 +327,9 @@ def test_end_of_epoch_checkpoint_resumes_exactly(tmp_path):
         L.seed_everything(5)
         dm, model = make_dm(), make_model(c4=True)
         mc = ModelCheckpoint(dirpath=tmp_path / sub, save_last=True, every_n_epochs=1)
-        trainer = make_trainer(tmp_path, max_epochs=max_epochs, callbacks=[mc, GracefulShutdown()],
-                               enable_checkpointing=True)
+        trainer = make_trainer(
+            tmp_path, max_epochs=max_epochs, callbacks=[mc, GracefulShutdown()], enable_checkpointing=True
+        )
         trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
         return model
 
@@ -316,8 +358,9 @@ def test_c4_min_cluster_size_reaches_the_sampler_and_conflicts_are_refused(tmp_p
     make_trainer(tmp_path, max_epochs=1, limit_train_batches=1).fit(make_model(min_cluster_size=50), datamodule=dm)
     assert dm.sampler.min_cluster_size == 50
     with pytest.raises(ValueError, match=r"model.c4.min_cluster_size=50 and data.min_cluster_size=60 disagree"):
-        make_trainer(tmp_path, max_epochs=1).fit(make_model(min_cluster_size=50),
-                                                 datamodule=make_dm(min_cluster_size=60))
+        make_trainer(tmp_path, max_epochs=1).fit(
+            make_model(min_cluster_size=50), datamodule=make_dm(min_cluster_size=60)
+        )
     with pytest.raises(ValueError, match="C4 cannot sample its clusters"):
         make_trainer(tmp_path, max_epochs=1).fit(make_model(), datamodule=make_dm(min_cluster_size=600))
 
@@ -328,15 +371,21 @@ def test_error_line_unwraps_and_folds():
         try:
             raise inner
         except ValueError as e:
-            raise ValueError("Does not validate against any of the Union subtypes\nSubtypes: [...]\nErrors:\n"
-                             "  - model.c4.n_clusters=0 must be >= 1\n  - Expected a <class 'NoneType'>") from e
+            raise ValueError(
+                "Does not validate against any of the Union subtypes\nSubtypes: [...]\nErrors:\n"
+                "  - model.c4.n_clusters=0 must be >= 1\n  - Expected a <class 'NoneType'>"
+            ) from e
     except ValueError as outer:
         assert error_line(outer) == "model.c4.n_clusters=0 must be >= 1"
-    listed = ValueError("dataset 'x' was not found.\nDatasets available locally (a):\n  hopper/a-v0\n  hopper/b-v0\n"
-                        "Use one of these ids, or make the dataset with:\n  c4-collect record --env E")
-    assert error_line(listed) == ("dataset 'x' was not found. Datasets available locally (a): hopper/a-v0, "
-                                  "hopper/b-v0; Use one of these ids, or make the dataset with: c4-collect record "
-                                  "--env E")
+    listed = ValueError(
+        "dataset 'x' was not found.\nDatasets available locally (a):\n  hopper/a-v0\n  hopper/b-v0\n"
+        "Use one of these ids, or make the dataset with:\n  c4-collect record --env E"
+    )
+    assert error_line(listed) == (
+        "dataset 'x' was not found. Datasets available locally (a): hopper/a-v0, "
+        "hopper/b-v0; Use one of these ids, or make the dataset with: c4-collect record "
+        "--env E"
+    )
     assert "\n" not in error_line(TrainingInterrupted(15, "/x/last.ckpt"))
 
 
@@ -355,23 +404,27 @@ def test_rng_is_restored_when_resuming_a_fit_not_by_load_from_checkpoint(tmp_pat
     import c4_lightning.algos.base as base
 
     mc = ModelCheckpoint(dirpath=tmp_path / "c", save_last=True)
-    make_trainer(tmp_path, max_epochs=1, callbacks=[mc], enable_checkpointing=True,
-                 limit_train_batches=2).fit(make_model(c4=False), datamodule=make_dm())
+    make_trainer(tmp_path, max_epochs=1, callbacks=[mc], enable_checkpointing=True, limit_train_batches=2).fit(
+        make_model(c4=False), datamodule=make_dm()
+    )
     saved = torch.load(tmp_path / "c" / "last.ckpt", weights_only=True)["c4_lightning"]["rng"]
     calls = []
     monkeypatch.setattr(base, "set_rng_state", lambda state: calls.append(state))
     TD3BC.load_from_checkpoint(tmp_path / "c" / "last.ckpt")  # e.g. load_policy in a notebook
     assert calls == []
     make_trainer(tmp_path, max_epochs=2, limit_train_batches=2).fit(
-        make_model(c4=False), datamodule=make_dm(), ckpt_path=tmp_path / "c" / "last.ckpt")
+        make_model(c4=False), datamodule=make_dm(), ckpt_path=tmp_path / "c" / "last.ckpt"
+    )
     assert len(calls) == 1 and torch.equal(calls[0]["torch"], saved["torch"])
 
 
 def test_training_interrupted_message_and_exit_code():
     err = TrainingInterrupted(15, "/runs/v0/checkpoints/last.ckpt")
     assert err.exit_code == 143
-    assert str(err) == ("training stopped by SIGTERM: checkpoint saved to /runs/v0/checkpoints/last.ckpt; "
-                        "resume with --ckpt_path /runs/v0/checkpoints/last.ckpt")
+    assert str(err) == (
+        "training stopped by SIGTERM: checkpoint saved to /runs/v0/checkpoints/last.ckpt; "
+        "resume with --ckpt_path /runs/v0/checkpoints/last.ckpt"
+    )
     assert TrainingInterrupted(2, None).exit_code == 130
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -406,21 +459,46 @@ def test_nonfinite_advice_works_end_to_end(tmp_path):
     end with that learning rate (the optimiser state no longer brings the old one back)."""
     root = tmp_path / "runs"
     poison = json.dumps([{"class_path": "sweep_helpers.PoisonBatch", "init_args": {"at_step": 7}}])
-    base = [sys.executable, "train.py", "fit", "--config", "configs/td3bc.yaml", "--trainer.default_root_dir",
-            str(root), "--data.steps_per_epoch", "3", "--data.batch_size", "32", "--trainer.max_epochs", "4",
-            "--model.init_args.hidden_dims", "[32,32]", "--trainer.enable_progress_bar", "false"]
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run(base + ["--trainer.callbacks", poison], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+    base = [
+        sys.executable,
+        "train.py",
+        "fit",
+        "--config",
+        "configs/td3bc.yaml",
+        "--trainer.default_root_dir",
+        str(root),
+        "--data.steps_per_epoch",
+        "3",
+        "--data.batch_size",
+        "32",
+        "--trainer.max_epochs",
+        "4",
+        "--model.init_args.hidden_dims",
+        "[32,32]",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+    )
+    proc = subprocess.run(
+        base + ["--trainer.callbacks", poison], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 3, proc.stderr[-3000:]
     error = next(ln for ln in proc.stderr.splitlines() if ln.startswith("error:"))
     assert "non-finite critic_loss at update 7" in error
     resume_from = Path(error.split("resume from ")[1].split(" (the last checkpoint")[0])
     assert resume_from.name == "last.ckpt" and torch.load(resume_from, weights_only=True)["global_step"] == 6
-    proc = subprocess.run(base + ["--trainer.callbacks", "[]", "--ckpt_path", str(resume_from),
-                                  "--model.init_args.critic_lr", "1e-4"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        base + ["--trainer.callbacks", "[]", "--ckpt_path", str(resume_from), "--model.init_args.critic_lr", "1e-4"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming with changed settings: critic_lr 0.0003 -> 0.0001" in proc.stderr
     finals = sorted(root.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
@@ -430,25 +508,59 @@ def test_nonfinite_advice_works_end_to_end(tmp_path):
     assert final["optimizer_states"][1]["param_groups"][0]["lr"] == pytest.approx(3e-4)
 
 
-@pytest.mark.parametrize("change, message", [
-    (["--config", "configs/cql.yaml"], "was written by TD3BC, but the config trains CQL"),
-    (["--model.init_args.hidden_dims", "[64,64]"], "hidden_dims [32, 32] -> [64, 64]"),
-    (["--config", "configs/td3bc_c4.yaml", "--model.init_args.hidden_dims", "[32,32]", "--model.c4.pca_dim", "4",
-      "--model.init_args.q_normalizer", "batch"], "c4.enabled False -> True"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (["--config", "configs/cql.yaml"], "was written by TD3BC, but the config trains CQL"),
+        (["--model.init_args.hidden_dims", "[64,64]"], "hidden_dims [32, 32] -> [64, 64]"),
+        (
+            [
+                "--config",
+                "configs/td3bc_c4.yaml",
+                "--model.init_args.hidden_dims",
+                "[32,32]",
+                "--model.c4.pca_dim",
+                "4",
+                "--model.init_args.q_normalizer",
+                "batch",
+            ],
+            "c4.enabled False -> True",
+        ),
+    ],
+)
 def test_resume_refuses_what_the_checkpoint_cannot_honour(tmp_path, change, message):
     root = tmp_path / "runs"
-    base = ["fit", "--config", "configs/td3bc.yaml", "--trainer.default_root_dir", str(root),
-            "--data.steps_per_epoch", "3", "--data.batch_size", "32", "--trainer.max_epochs", "1",
-            "--model.init_args.hidden_dims", "[32,32]", "--trainer.callbacks", "[]",
-            "--trainer.enable_progress_bar", "false"]
+    base = [
+        "fit",
+        "--config",
+        "configs/td3bc.yaml",
+        "--trainer.default_root_dir",
+        str(root),
+        "--data.steps_per_epoch",
+        "3",
+        "--data.batch_size",
+        "32",
+        "--trainer.max_epochs",
+        "1",
+        "--model.init_args.hidden_dims",
+        "[32,32]",
+        "--trainer.callbacks",
+        "[]",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    assert subprocess.run([sys.executable, "train.py", *base], cwd=REPO, env=env, capture_output=True,
-                          timeout=300).returncode == 0
+    assert (
+        subprocess.run(
+            [sys.executable, "train.py", *base], cwd=REPO, env=env, capture_output=True, timeout=300
+        ).returncode
+        == 0
+    )
     (ckpt,) = root.rglob("last.ckpt")
     args = base + change + ["--trainer.max_epochs", "2", "--ckpt_path", str(ckpt)]
-    proc = subprocess.run([sys.executable, "train.py", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "train.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
@@ -456,17 +568,53 @@ def test_resume_refuses_what_the_checkpoint_cannot_honour(tmp_path, change, mess
 
 def test_resume_applies_a_changed_c4_setting(tmp_path):
     root = tmp_path / "runs"
-    base = ["fit", "--config", "configs/td3bc_c4.yaml", "--trainer.default_root_dir", str(root),
-            "--data.steps_per_epoch", "3", "--data.batch_size", "32", "--trainer.max_epochs", "1",
-            "--model.init_args.hidden_dims", "[32,32]", "--model.c4.pca_dim", "4", "--trainer.callbacks", "[]",
-            "--trainer.enable_progress_bar", "false"]
+    base = [
+        "fit",
+        "--config",
+        "configs/td3bc_c4.yaml",
+        "--trainer.default_root_dir",
+        str(root),
+        "--data.steps_per_epoch",
+        "3",
+        "--data.batch_size",
+        "32",
+        "--trainer.max_epochs",
+        "1",
+        "--model.init_args.hidden_dims",
+        "[32,32]",
+        "--model.c4.pca_dim",
+        "4",
+        "--trainer.callbacks",
+        "[]",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    assert subprocess.run([sys.executable, "train.py", *base], cwd=REPO, env=env, capture_output=True,
-                          timeout=300).returncode == 0
+    assert (
+        subprocess.run(
+            [sys.executable, "train.py", *base], cwd=REPO, env=env, capture_output=True, timeout=300
+        ).returncode
+        == 0
+    )
     (ckpt,) = root.rglob("last.ckpt")
-    proc = subprocess.run([sys.executable, "train.py", *base, "--trainer.max_epochs", "2", "--model.c4.penalty_weight",
-                           "0.5", "--ckpt_path", str(ckpt)], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            *base,
+            "--trainer.max_epochs",
+            "2",
+            "--model.c4.penalty_weight",
+            "0.5",
+            "--ckpt_path",
+            str(ckpt),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "resuming with changed settings: c4.penalty_weight 0.1 -> 0.5" in proc.stderr
     final = max(root.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
@@ -477,14 +625,41 @@ def test_resume_applies_a_changed_c4_setting(tmp_path):
 def test_nan_check_off_still_fails_a_run_whose_weights_went_non_finite(tmp_path):
     root = tmp_path / "runs"
     poison = json.dumps([{"class_path": "sweep_helpers.PoisonBatch", "init_args": {"at_step": 2}}])
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "train.py", "fit", "--config", "configs/td3bc.yaml",
-                           "--trainer.default_root_dir", str(root), "--data.steps_per_epoch", "3",
-                           "--data.batch_size", "32", "--trainer.max_epochs", "1", "--model.init_args.hidden_dims",
-                           "[32,32]", "--model.init_args.nan_check", "false", "--trainer.enable_progress_bar", "false",
-                           "--trainer.callbacks", poison], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "fit",
+            "--config",
+            "configs/td3bc.yaml",
+            "--trainer.default_root_dir",
+            str(root),
+            "--data.steps_per_epoch",
+            "3",
+            "--data.batch_size",
+            "32",
+            "--trainer.max_epochs",
+            "1",
+            "--model.init_args.hidden_dims",
+            "[32,32]",
+            "--model.init_args.nan_check",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.callbacks",
+            poison,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 3, proc.stderr[-3000:]
     error = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(error) == 1 and "training ended with non-finite weights" in error[0] and "nan_check true" in error[0]
@@ -493,13 +668,39 @@ def test_nan_check_off_still_fails_a_run_whose_weights_went_non_finite(tmp_path)
 def test_a_full_disk_names_the_intact_checkpoint_in_one_line(tmp_path):
     root = tmp_path / "runs"
     full = json.dumps([{"class_path": "sweep_helpers.DiskFullFrom", "init_args": {"epoch": 1}}])
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "train.py", "fit", "--config", "configs/td3bc.yaml",
-                           "--trainer.default_root_dir", str(root), "--data.steps_per_epoch", "3",
-                           "--data.batch_size", "32", "--trainer.max_epochs", "3", "--model.init_args.hidden_dims",
-                           "[32,32]", "--trainer.enable_progress_bar", "false", "--trainer.callbacks", full],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "fit",
+            "--config",
+            "configs/td3bc.yaml",
+            "--trainer.default_root_dir",
+            str(root),
+            "--data.steps_per_epoch",
+            "3",
+            "--data.batch_size",
+            "32",
+            "--trainer.max_epochs",
+            "3",
+            "--model.init_args.hidden_dims",
+            "[32,32]",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.callbacks",
+            full,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]

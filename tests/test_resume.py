@@ -2,6 +2,7 @@
 to an uninterrupted 4-epoch run (CPU, same seed), with a GMM refit after every epoch in between, so the
 partition, the GMM state, the sampler stream, the optimiser states and the global RNG all have to survive
 the checkpoint."""
+
 from __future__ import annotations
 
 import json
@@ -19,14 +20,42 @@ STEPS = 5
 CALLBACKS = json.dumps([{"class_path": "c4_lightning.evaluation.EvalCallback", "init_args": {"episodes": 1}}])
 
 
-def run(root: Path, epochs: int, ckpt: Path | None = None,
-        cadence: tuple[str, str] = ("--model.c4.refit_every_n_epochs", "1")) -> C4LightningCLI:
-    args = ["fit", "--config", str(CONFIG), "--model.init_args.hidden_dims", "[16,16]", "--data.batch_size", "32",
-            "--data.steps_per_epoch", str(STEPS), "--trainer.max_epochs", str(epochs),
-            *cadence, "--model.c4.pca_dim", "4", "--model.c4.fit_subsample", "3000",
-            "--model.probe_size", "256", "--trainer.log_every_n_steps", "1", "--trainer.callbacks", CALLBACKS,
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-            "--trainer.default_root_dir", str(root)]
+def run(
+    root: Path,
+    epochs: int,
+    ckpt: Path | None = None,
+    cadence: tuple[str, str] = ("--model.c4.refit_every_n_epochs", "1"),
+) -> C4LightningCLI:
+    args = [
+        "fit",
+        "--config",
+        str(CONFIG),
+        "--model.init_args.hidden_dims",
+        "[16,16]",
+        "--data.batch_size",
+        "32",
+        "--data.steps_per_epoch",
+        str(STEPS),
+        "--trainer.max_epochs",
+        str(epochs),
+        *cadence,
+        "--model.c4.pca_dim",
+        "4",
+        "--model.c4.fit_subsample",
+        "3000",
+        "--model.probe_size",
+        "256",
+        "--trainer.log_every_n_steps",
+        "1",
+        "--trainer.callbacks",
+        CALLBACKS,
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--trainer.default_root_dir",
+        str(root),
+    ]
     if ckpt is not None:
         args += ["--ckpt_path", str(ckpt)]
     return C4LightningCLI(args=args)
@@ -78,8 +107,14 @@ def runs(tmp_path_factory):
     half = run(base / "half", 2)
     half_ckpt = last_ckpt(half)
     resumed = run(base / "resumed", 4, half_ckpt)
-    return {"base": base, "full": load(last_ckpt(full)), "half": load(half_ckpt), "half_path": half_ckpt,
-            "resumed": load(last_ckpt(resumed)), "resumed_cli": resumed}
+    return {
+        "base": base,
+        "full": load(last_ckpt(full)),
+        "half": load(half_ckpt),
+        "half_path": half_ckpt,
+        "resumed": load(last_ckpt(resumed)),
+        "resumed_cli": resumed,
+    }
 
 
 def test_checkpoint_holds_the_whole_training_state(runs):

@@ -1,4 +1,5 @@
 """ClusterBatchSampler: single-cluster batches, size-proportional choice, DDP consistency, resume."""
+
 from __future__ import annotations
 
 import warnings

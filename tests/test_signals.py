@@ -5,6 +5,7 @@ named in the run's config; this file is importable by the subprocess through ``P
 file once the run has made ``at_step`` updates, in the middle of an epoch, and holds that batch until a signal
 has been received, so the stop point is the same on a busy machine. The test sends the signal to that PID only.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,25 +45,56 @@ class SignalAtStep(Callback):
 
 def _config(tmp_path: Path, name: str, marker_step: int | None) -> Path:
     callbacks = [
-        {"class_path": "c4_lightning.evaluation.EvalCallback",
-         "init_args": {"every_n_epochs": 1, "episodes": 1, "max_envs": 1}},
-        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-         "init_args": {"save_last": True, "every_n_epochs": 1}},
+        {
+            "class_path": "c4_lightning.evaluation.EvalCallback",
+            "init_args": {"every_n_epochs": 1, "episodes": 1, "max_envs": 1},
+        },
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {"save_last": True, "every_n_epochs": 1},
+        },
     ]
     if marker_step is not None:
-        callbacks.append({"class_path": "test_signals.SignalAtStep",
-                          "init_args": {"marker": str(tmp_path / f"{name}.marker"), "at_step": marker_step}})
+        callbacks.append(
+            {
+                "class_path": "test_signals.SignalAtStep",
+                "init_args": {"marker": str(tmp_path / f"{name}.marker"), "at_step": marker_step},
+            }
+        )
     cfg = {
         "seed_everything": 3,
-        "model": {"class_path": "c4_lightning.algos.TD3BC",
-                  "init_args": {"hidden_dims": [32, 32], "probe_size": 64, "log_every_n_steps": 4,
-                                "c4": {"enabled": True, "n_clusters": 2, "refit_every_n_epochs": 1, "pca_dim": 8,
-                                       "fit_subsample": 1000, "penalty_weight": 0.1}}},
-        "data": {"dataset_id": "hopper/random-medium-expert-10k", "max_transitions": 1500, "batch_size": 32,
-                 "steps_per_epoch": STEPS_PER_EPOCH},
-        "trainer": {"max_epochs": MAX_EPOCHS, "accelerator": "cpu", "devices": 1, "enable_progress_bar": False,
-                    "enable_model_summary": False, "log_every_n_steps": 4,
-                    "default_root_dir": str(tmp_path / name), "callbacks": callbacks},
+        "model": {
+            "class_path": "c4_lightning.algos.TD3BC",
+            "init_args": {
+                "hidden_dims": [32, 32],
+                "probe_size": 64,
+                "log_every_n_steps": 4,
+                "c4": {
+                    "enabled": True,
+                    "n_clusters": 2,
+                    "refit_every_n_epochs": 1,
+                    "pca_dim": 8,
+                    "fit_subsample": 1000,
+                    "penalty_weight": 0.1,
+                },
+            },
+        },
+        "data": {
+            "dataset_id": "hopper/random-medium-expert-10k",
+            "max_transitions": 1500,
+            "batch_size": 32,
+            "steps_per_epoch": STEPS_PER_EPOCH,
+        },
+        "trainer": {
+            "max_epochs": MAX_EPOCHS,
+            "accelerator": "cpu",
+            "devices": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "log_every_n_steps": 4,
+            "default_root_dir": str(tmp_path / name),
+            "callbacks": callbacks,
+        },
     }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -71,14 +103,24 @@ def _config(tmp_path: Path, name: str, marker_step: int | None) -> Path:
 
 def _env() -> dict:
     env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join([str(REPO / "tests"), env.get("PYTHONPATH", "")]))
+    env.update(
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=os.pathsep.join([str(REPO / "tests"), env.get("PYTHONPATH", "")]),
+    )
     return env
 
 
 def _run(config: Path, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "train.py", "fit", "--config", str(config), *extra], cwd=REPO,
-                          env=_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "train.py", "fit", "--config", str(config), *extra],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _interrupt(tmp_path: Path, name: str, sig: int) -> tuple[int, str, str]:
@@ -86,8 +128,14 @@ def _interrupt(tmp_path: Path, name: str, sig: int) -> tuple[int, str, str]:
     config = _config(tmp_path, name, STOP_AT)
     marker = tmp_path / f"{name}.marker"
     out, err = open(tmp_path / f"{name}.out", "w+"), open(tmp_path / f"{name}.err", "w+")
-    proc = subprocess.Popen([sys.executable, "train.py", "fit", "--config", str(config)], cwd=REPO, env=_env(),
-                            stdout=out, stderr=err, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "train.py", "fit", "--config", str(config)],
+        cwd=REPO,
+        env=_env(),
+        stdout=out,
+        stderr=err,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not marker.exists():

@@ -1,5 +1,6 @@
 """``c4-sweep``: trials are ordinary train.py runs, launched locally or through Ray, resumable after a kill,
 aggregated with rliable's statistics (checked here against direct computations)."""
+
 from __future__ import annotations
 
 import json
@@ -21,10 +22,16 @@ TINY = {"model.hidden_dims": [32, 32], "data.batch_size": 32, "model.probe_size"
 
 
 def write_sweep(tmp_path: Path, variants: dict, **extra) -> Path:
-    spec = {"name": "tiny", "out": str(tmp_path / "out"), "runs_dir": str(tmp_path / "runs"), "baseline": "base",
-            "seeds": [0, 1],
-            "budget": {"updates": 40, "eval_every": 20, "eval_episodes": 1, "score_window": 2, "steps_per_epoch": 10},
-            "datasets": {"mix": {"dataset_id": "hopper/random-medium-expert-10k"}}, "variants": variants}
+    spec = {
+        "name": "tiny",
+        "out": str(tmp_path / "out"),
+        "runs_dir": str(tmp_path / "runs"),
+        "baseline": "base",
+        "seeds": [0, 1],
+        "budget": {"updates": 40, "eval_every": 20, "eval_episodes": 1, "score_window": 2, "steps_per_epoch": 10},
+        "datasets": {"mix": {"dataset_id": "hopper/random-medium-expert-10k"}},
+        "variants": variants,
+    }
     spec.update(extra)
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -32,8 +39,10 @@ def write_sweep(tmp_path: Path, variants: dict, **extra) -> Path:
 
 
 def two_variants() -> dict:
-    return {"base": {"config": str(REPO / "configs/td3bc.yaml"), "overrides": dict(TINY)},
-            "c4": {"config": str(REPO / "configs/td3bc_c4.yaml"), "overrides": dict(TINY)}}
+    return {
+        "base": {"config": str(REPO / "configs/td3bc.yaml"), "overrides": dict(TINY)},
+        "c4": {"config": str(REPO / "configs/td3bc_c4.yaml"), "overrides": dict(TINY)},
+    }
 
 
 def launches(trial_dir: Path) -> list[str]:
@@ -60,14 +69,17 @@ def test_trial_config_fills_dataset_seed_budget(tmp_path, in_repo):
     assert cfg["trainer"]["default_root_dir"].endswith("c4__mix__s1")
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"budget": {"updates": 45, "eval_every": 20, "steps_per_epoch": 10}}, "multiples"),
-    ({"baseline": "nope"}, "baseline 'nope' is not a variant"),
-    ({"seeds": [1, 1]}, "repeat"),
-    ({"variants": {"a__b": {"config": "configs/td3bc.yaml"}}}, "no '__'"),
-    ({"variants": {"a": {"config": "configs/td3bc.yaml", "datasets": ["zz"]}}}, "does not define"),
-    ({"colour": 1}, "unknown keys"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"budget": {"updates": 45, "eval_every": 20, "steps_per_epoch": 10}}, "multiples"),
+        ({"baseline": "nope"}, "baseline 'nope' is not a variant"),
+        ({"seeds": [1, 1]}, "repeat"),
+        ({"variants": {"a__b": {"config": "configs/td3bc.yaml"}}}, "no '__'"),
+        ({"variants": {"a": {"config": "configs/td3bc.yaml", "datasets": ["zz"]}}}, "does not define"),
+        ({"colour": 1}, "unknown keys"),
+    ],
+)
 def test_bad_sweep_files_are_refused(tmp_path, in_repo, bad, message):
     variants = bad.pop("variants", two_variants())
     if "baseline" not in bad and "base" not in variants:
@@ -96,8 +108,9 @@ def test_stratified_bootstrap_ci_matches_direct_resampling():
     assert point == pytest.approx(sstats.trim_mean(np.concatenate(tasks), 0.25))
     # direct: resample the runs of each task independently, IQM of the pooled resample, percentiles
     g = np.random.default_rng(1)
-    boot = [sstats.trim_mean(np.concatenate([t[g.integers(0, t.size, t.size)] for t in tasks]), 0.25)
-            for _ in range(8000)]
+    boot = [
+        sstats.trim_mean(np.concatenate([t[g.integers(0, t.size, t.size)] for t in tasks]), 0.25) for _ in range(8000)
+    ]
     d_lo, d_hi = np.percentile(boot, [2.5, 97.5])
     width = d_hi - d_lo
     assert lo == pytest.approx(d_lo, abs=0.08 * width) and hi == pytest.approx(d_hi, abs=0.08 * width)
@@ -111,7 +124,8 @@ def test_paired_difference_and_probability_of_improvement():
     # pairing matters: the unpaired spread (sd ~16) would give a CI containing 0
     assert lo > 0
     assert stats.probability_of_improvement([better], [base]) == pytest.approx(
-        sum((a > b) + 0.5 * (a == b) for a in better for b in base) / 25)
+        sum((a > b) + 0.5 * (a == b) for a in better for b in base) / 25
+    )
     assert stats.probability_of_improvement([base], [base]) == pytest.approx(0.5)
 
 
@@ -130,9 +144,13 @@ def test_decision_rule_verdicts():
 @pytest.mark.slow
 def test_local_sweep_runs_resumes_after_kill_and_aggregates(tmp_path, in_repo):
     variants = two_variants()
-    callbacks = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                  "init_args": {"save_last": True, "every_n_epochs": 1}},
-                 {"class_path": "sweep_helpers.KillOnce", "init_args": {"at_step": 25, "seed_suffix": "c4__mix__s1"}}]
+    callbacks = [
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {"save_last": True, "every_n_epochs": 1},
+        },
+        {"class_path": "sweep_helpers.KillOnce", "init_args": {"at_step": 25, "seed_suffix": "c4__mix__s1"}},
+    ]
     variants["c4"]["overrides"]["trainer.callbacks"] = callbacks
     path = write_sweep(tmp_path, variants)
     assert sweep_main([str(path), "--jobs", "2", "--no-diagnostics"]) == 1  # c4 s1 was killed
@@ -191,10 +209,25 @@ def test_ray_launcher_runs_two_trials(tmp_path, in_repo):
 
 
 def test_flags_build_a_sweep_without_a_file(tmp_path, in_repo, capsys):
-    rc = sweep_main(["--variant", f"a={REPO / 'configs/td3bc.yaml'}",
-                     "--variant", f"b={REPO / 'configs/td3bc_c4.yaml'},model.c4.penalty_weight=0.5",
-                     "--dataset", "mix=hopper/random-medium-expert-10k:5000", "--seeds", "0,1", "--updates", "2000",
-                     "--eval-every", "1000", "--runs-dir", str(tmp_path / "r"), "--dry-run"])
+    rc = sweep_main(
+        [
+            "--variant",
+            f"a={REPO / 'configs/td3bc.yaml'}",
+            "--variant",
+            f"b={REPO / 'configs/td3bc_c4.yaml'},model.c4.penalty_weight=0.5",
+            "--dataset",
+            "mix=hopper/random-medium-expert-10k:5000",
+            "--seeds",
+            "0,1",
+            "--updates",
+            "2000",
+            "--eval-every",
+            "1000",
+            "--runs-dir",
+            str(tmp_path / "r"),
+            "--dry-run",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0 and "4 trials" in out and "b__mix__s1: new" in out
 

@@ -2,6 +2,7 @@
 embedded Hopper mixture writes TensorBoard events with the evaluation, penalty and cross-covariance curves,
 although 300 updates stop in the middle of the first 1000-step epoch. In-process checks first (fast): how
 evaluation and the cross-covariance diagnostic behave when ``max_steps`` ends an epoch early or exactly."""
+
 from __future__ import annotations
 
 import json
@@ -24,10 +25,12 @@ from c4_lightning.evaluation import EvalCallback
 TAGS = ("eval/normalized_score", "c4/penalty", "c4/cross_cov_fro", "c4/cross_cov_trace")
 
 
-@pytest.mark.parametrize("max_steps, steps_per_epoch, evaluations", [(6, 1000, 1), (8, 4, 2)],
-                         ids=["stop-mid-epoch", "stop-at-epoch-end"])
-def test_evaluation_and_diagnostics_once_per_epoch_incl_a_partial_last_one(toy_env, tmp_path, max_steps,
-                                                                          steps_per_epoch, evaluations):
+@pytest.mark.parametrize(
+    "max_steps, steps_per_epoch, evaluations", [(6, 1000, 1), (8, 4, 2)], ids=["stop-mid-epoch", "stop-at-epoch-end"]
+)
+def test_evaluation_and_diagnostics_once_per_epoch_incl_a_partial_last_one(
+    toy_env, tmp_path, max_steps, steps_per_epoch, evaluations
+):
     """Lightning runs ``on_train_epoch_end`` when ``max_steps`` ends an epoch early, so the last (partial)
     epoch gets its evaluation and cross-covariance point; an exact epoch end is not evaluated twice."""
     L.seed_everything(0, verbose=False)
@@ -54,6 +57,7 @@ def test_evaluation_and_diagnostics_once_per_epoch_incl_a_partial_last_one(toy_e
 
 # ------------------------------------------------------------------ subprocess: the real command line
 
+
 def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -70,8 +74,18 @@ def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 def train_cli(tmp_path: Path, config: str, *extra: str, max_steps: int = 300) -> tuple[Path, str]:
     root = tmp_path / "runs"
-    cmd = [sys.executable, "train.py", "fit", "--config", f"configs/{config}", "--trainer.max_steps", str(max_steps),
-           "--trainer.default_root_dir", str(root), *extra]
+    cmd = [
+        sys.executable,
+        "train.py",
+        "fit",
+        "--config",
+        f"configs/{config}",
+        "--trainer.max_steps",
+        str(max_steps),
+        "--trainer.default_root_dir",
+        str(root),
+        *extra,
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", MPLBACKEND="Agg", PYTHONWARNINGS="ignore")
     env.pop("C4_DATASETS_PATH", None)  # the embedded datasets/ folder
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)

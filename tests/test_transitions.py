@@ -1,4 +1,5 @@
 """Transitions dataclass and its pure functions: subsample_episodes, mix, check_finite, observation_stats."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -4,6 +4,7 @@ Every case runs ``python train.py fit --config configs/td3bc_c4.yaml ...`` in a 
 non-zero exit code, exactly one ``error:`` line on stderr naming the problem and the fix, no traceback, no
 training step, and no run directory left under ``--trainer.default_root_dir`` that looks like a real run.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,14 +22,27 @@ from minari_fixtures import build_minari_dataset, episode_buffers
 
 REPO = Path(__file__).resolve().parents[1]
 HOPPER = REPO / "datasets" / "hopper" / "random-medium-expert-10k-v0"
-SMALL = ["--data.steps_per_epoch", "3", "--data.batch_size", "32", "--trainer.max_epochs", "1",
-         "--model.init_args.hidden_dims", "[32,32]", "--model.init_args.probe_size", "64",
-         "--trainer.enable_progress_bar", "false"]
+SMALL = [
+    "--data.steps_per_epoch",
+    "3",
+    "--data.batch_size",
+    "32",
+    "--trainer.max_epochs",
+    "1",
+    "--model.init_args.hidden_dims",
+    "[32,32]",
+    "--model.init_args.probe_size",
+    "64",
+    "--trainer.enable_progress_bar",
+    "false",
+]
 
 
 def _eval_config(tmp_path: Path, **eval_args) -> Path:
-    cb = {"class_path": "c4_lightning.evaluation.EvalCallback",
-          "init_args": {"every_n_epochs": 1, "episodes": 1, "max_envs": 1, **eval_args}}
+    cb = {
+        "class_path": "c4_lightning.evaluation.EvalCallback",
+        "init_args": {"every_n_epochs": 1, "episodes": 1, "max_envs": 1, **eval_args},
+    }
     path = tmp_path / "eval.yaml"
     path.write_text(yaml.safe_dump({"trainer": {"callbacks": [cb]}}))
     return path
@@ -41,9 +55,19 @@ def fit(tmp_path: Path, *args: str, datasets: Path | None = None, eval_args: dic
     if datasets is not None:  # only the given datasets folder (and an empty Minari cache) are visible
         env["C4_DATASETS_PATH"] = str(datasets)
         env["MINARI_DATASETS_PATH"] = str(tmp_path / "empty-cache")
-    cmd = [sys.executable, "train.py", "fit", "--config", "configs/td3bc_c4.yaml",
-           "--config", str(_eval_config(tmp_path, **(eval_args or {}))),
-           "--trainer.default_root_dir", str(root), *SMALL, *args]
+    cmd = [
+        sys.executable,
+        "train.py",
+        "fit",
+        "--config",
+        "configs/td3bc_c4.yaml",
+        "--config",
+        str(_eval_config(tmp_path, **(eval_args or {}))),
+        "--trainer.default_root_dir",
+        str(root),
+        *SMALL,
+        *args,
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     return proc, root
 
@@ -95,8 +119,9 @@ def toy_datasets(tmp_path_factory) -> Path:
 
 def test_unknown_dataset_id(tmp_path):
     proc, root = fit(tmp_path, "--data.dataset_id", "hopper/no-such-set")
-    line = assert_refused(proc, root, "hopper/no-such-set", "was not found", "hopper/random-medium-expert-10k-v0",
-                          "c4-collect")
+    line = assert_refused(
+        proc, root, "hopper/no-such-set", "was not found", "hopper/random-medium-expert-10k-v0", "c4-collect"
+    )
     assert "Use one of these ids" in line
 
 
@@ -110,8 +135,9 @@ def test_corrupt_dataset_file(tmp_path):
 
 
 def test_dataset_for_another_env_than_the_evaluation_env(tmp_path, toy_datasets):
-    proc, root = fit(tmp_path, "--data.dataset_id", "toy/pendulum", datasets=toy_datasets,
-                     eval_args={"env_id": "Hopper-v5"})
+    proc, root = fit(
+        tmp_path, "--data.dataset_id", "toy/pendulum", datasets=toy_datasets, eval_args={"env_id": "Hopper-v5"}
+    )
     assert_refused(proc, root, "obs 3, action 1", "Hopper-v5", "(obs (11,), action (3,))", "dataset_id")
 
 
@@ -141,20 +167,24 @@ def test_batch_larger_than_the_dataset(tmp_path):
 def test_clusters_that_can_never_be_sampled_default_min_size(tmp_path):
     # default min size max(batch 128, N // 10) = 128; 3 clusters x 128 > 300 transitions
     proc, root = fit(tmp_path, "--data.max_transitions", "300", "--data.batch_size", "128")
-    assert_refused(proc, root, "n_clusters=3", "min_cluster_size=128", "N=300", "uniform",
-                   "lower model.c4.n_clusters to at most 2")
+    assert_refused(
+        proc, root, "n_clusters=3", "min_cluster_size=128", "N=300", "uniform", "lower model.c4.n_clusters to at most 2"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- options
 
 
-@pytest.mark.parametrize("option, value, message", [
-    ("--model.init_args.c4.penalty_weight", "-1", "model.c4.penalty_weight=-1.0 must be >= 0"),
-    ("--model.init_args.max_action", "0", "model.max_action=0.0 must be > 0"),
-    ("--trainer.max_steps", "0", "trainer.max_steps=0 trains nothing"),
-    ("--trainer.max_epochs", "0", "trainer.max_epochs=0 trains nothing"),
-    ("--model.init_args.c4.n_clusters", "0", "model.c4.n_clusters=0 must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--model.init_args.c4.penalty_weight", "-1", "model.c4.penalty_weight=-1.0 must be >= 0"),
+        ("--model.init_args.max_action", "0", "model.max_action=0.0 must be > 0"),
+        ("--trainer.max_steps", "0", "trainer.max_steps=0 trains nothing"),
+        ("--trainer.max_epochs", "0", "trainer.max_epochs=0 trains nothing"),
+        ("--model.init_args.c4.n_clusters", "0", "model.c4.n_clusters=0 must be >= 1"),
+    ],
+)
 def test_invalid_option_values(tmp_path, option, value, message):
     proc, root = fit(tmp_path, option, value)
     assert_refused(proc, root, message)
@@ -162,26 +192,46 @@ def test_invalid_option_values(tmp_path, option, value, message):
 
 def test_dataset_actions_outside_the_policy_range_are_refused_or_clipped(tmp_path, toy_datasets):
     proc, root = fit(tmp_path, "--data.dataset_id", "toy/wide-actions", datasets=toy_datasets)
-    line = assert_refused(proc, root, "of the dataset's action entries lie outside the policy's range [-1.0, 1.0]",
-                          "set data.clip_actions 1.0", "model.max_action")
+    line = assert_refused(
+        proc,
+        root,
+        "of the dataset's action entries lie outside the policy's range [-1.0, 1.0]",
+        "set data.clip_actions 1.0",
+        "model.max_action",
+    )
     assert line.startswith("error: 9") and "%" in line  # the share is named
-    proc, root = fit(tmp_path, "--data.dataset_id", "toy/wide-actions", "--data.clip_actions", "1",
-                     datasets=toy_datasets)
+    proc, root = fit(
+        tmp_path, "--data.dataset_id", "toy/wide-actions", "--data.clip_actions", "1", datasets=toy_datasets
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "data.clip_actions=1.0: clipped" in proc.stderr
     assert next(root.rglob("last.ckpt")).is_file()
 
 
 def test_a_one_transition_dataset(tmp_path, toy_datasets):
-    proc, root = fit(tmp_path, "--data.dataset_id", "toy/one-step", "--data.batch_size", "1", "--data.clip_actions",
-                     "1", datasets=toy_datasets)
+    proc, root = fit(
+        tmp_path,
+        "--data.dataset_id",
+        "toy/one-step",
+        "--data.batch_size",
+        "1",
+        "--data.clip_actions",
+        "1",
+        datasets=toy_datasets,
+    )
     assert_refused(proc, root, "dataset toy/one-step has N=1 transition", "at least 2")
 
 
 def test_metadata_without_spaces(tmp_path, toy_datasets):
     proc, root = fit(tmp_path, "--data.dataset_id", "toy/no-metadata", datasets=toy_datasets)
-    assert_refused(proc, root, "no-metadata-v0/data/metadata.json", "names neither observation_space",
-                   "holds nothing", "re-create it")
+    assert_refused(
+        proc,
+        root,
+        "no-metadata-v0/data/metadata.json",
+        "names neither observation_space",
+        "holds nothing",
+        "re-create it",
+    )
 
 
 def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path):
@@ -202,9 +252,25 @@ def test_debug_shows_the_cause_above_the_one_line_error(tmp_path, how):
     extra = ["--debug"] if how == "flag" else []
     env = {"C4_DEBUG": "1"} if how == "env" else {}
     root = tmp_path / "runs"
-    proc = subprocess.run([sys.executable, "train.py", "fit", "--config", "configs/td3bc.yaml", *extra,
-                           "--model.init_args.max_action", "0", "--trainer.default_root_dir", str(root)],
-                          cwd=REPO, env=dict(os.environ, **env), capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "fit",
+            "--config",
+            "configs/td3bc.yaml",
+            *extra,
+            "--model.init_args.max_action",
+            "0",
+            "--trainer.default_root_dir",
+            str(root),
+        ],
+        cwd=REPO,
+        env=dict(os.environ, **env),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 2
     assert "Traceback" in proc.stderr and "check_hyperparameters" in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == "error: model.max_action=0.0 must be > 0"

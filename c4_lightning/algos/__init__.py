@@ -1,4 +1,5 @@
 """Offline-RL algorithms as LightningModules (every one registered in :mod:`c4_lightning.algos.registry`)."""
+
 from c4_lightning.algos.base import OfflineRLModule
 from c4_lightning.algos.registry import ALGORITHMS, algorithm_class, algorithm_classes
 

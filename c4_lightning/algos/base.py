@@ -1,6 +1,7 @@
 """What TD3BC and CQL share: network building from the data, normalisation buffers, optimiser stepping,
 diagnostics, the non-finite-loss guard and acting on raw observations. C4 lives in its plug-in
 (:class:`c4_lightning.c4.plugin.C4`, ``self.c4``); nothing here depends on which penalty it runs."""
+
 from __future__ import annotations
 
 import copy
@@ -106,8 +107,10 @@ class OfflineRLModule(L.LightningModule):
     # ------------------------------------------------------------------ building
     def build_networks(self, obs_dim: int, act_dim: int) -> None:
         """Create ``actor``, ``critic`` (a ``CriticEnsemble``) and ``critic_target``; defined by each algorithm."""
-        raise TypeError(f"{type(self).__name__} is the abstract base: train c4_lightning.algos.TD3BC or CQL, "
-                        "or subclass it and define build_networks/update/configure_optimizers")
+        raise TypeError(
+            f"{type(self).__name__} is the abstract base: train c4_lightning.algos.TD3BC or CQL, "
+            "or subclass it and define build_networks/update/configure_optimizers"
+        )
 
     def _build(self, obs_dim: int, act_dim: int) -> None:
         self.hparams["obs_dim"], self.hparams["act_dim"] = int(obs_dim), int(act_dim)
@@ -145,7 +148,8 @@ class OfflineRLModule(L.LightningModule):
             if not self._built:
                 raise ValueError(
                     f"{type(self).__name__} needs an OfflineRLDataModule passed to the Trainer "
-                    "(trainer.fit(model, datamodule=dm)) or obs_dim/act_dim given explicitly")
+                    "(trainer.fit(model, datamodule=dm)) or obs_dim/act_dim given explicitly"
+                )
             return
         strategy = self.trainer.strategy
         if isinstance(strategy, DDPStrategy) and "find_unused_parameters" not in strategy._ddp_kwargs:
@@ -156,7 +160,8 @@ class OfflineRLModule(L.LightningModule):
         elif (self.hparams["obs_dim"], self.hparams["act_dim"]) != (dm.obs_dim, dm.act_dim):
             raise ValueError(
                 f"the model was built for obs_dim={self.hparams['obs_dim']}, act_dim={self.hparams['act_dim']} "
-                f"but data.dataset_id gives obs_dim={dm.obs_dim}, act_dim={dm.act_dim}: use a matching dataset")
+                f"but data.dataset_id gives obs_dim={dm.obs_dim}, act_dim={dm.act_dim}: use a matching dataset"
+            )
         self.obs_mean.copy_(dm.obs_mean.to(self.obs_mean))
         self.obs_std.copy_(dm.obs_std.to(self.obs_std))
         obs, act, next_obs, next_act = dm.features_input()
@@ -221,13 +226,18 @@ class OfflineRLModule(L.LightningModule):
             path.parent.mkdir(parents=True, exist_ok=True)
             self.trainer.save_checkpoint(path)
         lrs = " ".join(f"--model.init_args.{k} ..." for k in self.hparams if k.endswith("_lr"))
-        advice = (f"resume from {resume_from} (the last checkpoint before it) with lower learning rates or penalty "
-                  f"weight: --ckpt_path {resume_from} {lrs}" if resume_from else
-                  "lower the learning rates or penalty weight and start again")
+        advice = (
+            f"resume from {resume_from} (the last checkpoint before it) with lower learning rates or penalty "
+            f"weight: --ckpt_path {resume_from} {lrs}"
+            if resume_from
+            else "lower the learning rates or penalty weight and start again"
+        )
         raise NonFiniteLossError(
             f"non-finite {', '.join(bad)} at update {self.n_updates} (epoch {self.current_epoch}); "
             + (f"the state that produced it is saved to {path} for inspection; " if path else "")
-            + advice + ", or check the data for extreme values")
+            + advice
+            + ", or check the data for extreme values"
+        )
 
     def should_log(self) -> bool:
         """True at the updates whose metrics reach the loggers (asked after the update is counted). Under a Trainer
@@ -249,8 +259,10 @@ class OfflineRLModule(L.LightningModule):
     # ------------------------------------------------------------------ training loop
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One gradient update on ``batch``; returns the tensors to log. Defined by each algorithm."""
-        raise TypeError(f"{type(self).__name__} is the abstract base: train c4_lightning.algos.TD3BC or CQL, "
-                        "or subclass it and define build_networks/update/configure_optimizers")
+        raise TypeError(
+            f"{type(self).__name__} is the abstract base: train c4_lightning.algos.TD3BC or CQL, "
+            "or subclass it and define build_networks/update/configure_optimizers"
+        )
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logs = self.update(batch)
@@ -270,14 +282,15 @@ class OfflineRLModule(L.LightningModule):
             raise NonFiniteLossError(
                 f"training ended with non-finite weights ({len(bad)} tensors, first {bad[0]}): the run's checkpoints "
                 "hold them too; train again with model.nan_check true, which stops before the first non-finite "
-                "update and saves the last good state")
+                "update and saves the last good state"
+            )
 
     def on_train_start(self) -> None:
         """A resumed run's optimisers come back with the checkpoint's learning rates: set the configured ones (a
         resume with lower learning rates -- the advice after a non-finite loss -- must train with them)."""
         opts = self.optimizers()
         opts = opts if isinstance(opts, list) else [opts]
-        lrs = self._configured_lrs[-len(opts):]
+        lrs = self._configured_lrs[-len(opts) :]
         for opt, lr in zip(opts, lrs):
             for group in getattr(opt, "optimizer", opt).param_groups:
                 group["lr"] = lr
@@ -292,8 +305,11 @@ class OfflineRLModule(L.LightningModule):
         for start in range(0, p["obs"].shape[0], 1024):
             sl = slice(start, start + 1024)
             feats.append(self.critic(p["obs"][sl], p["act"][sl], return_features=True)[1].float())
-            next_feats.append(self.backup_network()(*self.backup_input(p["next_obs"][sl], p["next_act"][sl]),
-                                                    return_features=True)[1].float())
+            next_feats.append(
+                self.backup_network()(*self.backup_input(p["next_obs"][sl], p["next_act"][sl]), return_features=True)[
+                    1
+                ].float()
+            )
         feats, next_feats = torch.cat(feats, dim=1), torch.cat(next_feats, dim=1)
         return feats, next_feats.expand(feats.shape[0], -1, -1) if next_feats.shape[0] == 1 else next_feats
 
@@ -320,10 +336,12 @@ class OfflineRLModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        checkpoint["c4_lightning"] = {"algo": type(self).__name__,
-                                      "env_id": getattr(dm, "env_id", None),
-                                      "ref_scores": getattr(dm, "ref_scores", None),
-                                      "rng": rng_state()}  # so a resumed run draws the same noise
+        checkpoint["c4_lightning"] = {
+            "algo": type(self).__name__,
+            "env_id": getattr(dm, "env_id", None),
+            "ref_scores": getattr(dm, "ref_scores", None),
+            "rng": rng_state(),
+        }  # so a resumed run draws the same noise
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         hp = checkpoint.get("hyper_parameters", {})
@@ -347,7 +365,8 @@ def check_action_range(actions: torch.Tensor, max_action: float) -> None:
         raise ValueError(
             f"{share:.2%} of the dataset's action entries lie outside the policy's range [-{max_action}, {max_action}] "
             f"(largest |action| {float(actions.abs().max()):.4g}): set data.clip_actions {max_action} to clip them "
-            "into range, or model.max_action to the environment's action bound")
+            "into range, or model.max_action to the environment's action bound"
+        )
 
 
 def check_hyperparameters(gamma: float, tau: float, hidden_dims=None, **positive: float) -> None:

@@ -11,6 +11,7 @@ orthogonal(1e-2); alpha is read after its own update (as the CQL authors' code, 
 ``log_alpha_prime`` starts at 0 (CORL 1; matters only with ``cql_lagrange``); the max-backup reuses the pi(.|s')
 samples of the conservative term.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,9 +22,20 @@ from c4_lightning.algos.base import OfflineRLModule, check_hyperparameters
 from c4_lightning.algos.networks import CriticEnsemble, TanhGaussianActor, orthogonal_init_, soft_update_
 
 
-def cql_conservative_gap(q_pred, q_rand, q_curr, q_next, logp_curr, logp_next, act_dim: int, max_action: float,
-                         temperature: float, importance_sample: bool, clip_min: float = -math.inf,
-                         clip_max: float = math.inf) -> torch.Tensor:
+def cql_conservative_gap(
+    q_pred,
+    q_rand,
+    q_curr,
+    q_next,
+    logp_curr,
+    logp_next,
+    act_dim: int,
+    max_action: float,
+    temperature: float,
+    importance_sample: bool,
+    clip_min: float = -math.inf,
+    clip_max: float = math.inf,
+) -> torch.Tensor:
     """Per-critic ``E_B[ clamp(temp * logsumexp(Q_ood / temp) - Q(s, a_data), clip_min, clip_max) ]``
     (clamped per sample before the batch mean, as CORL).
 
@@ -85,8 +97,9 @@ class CQL(OfflineRLModule):
     def build_networks(self, obs_dim: int, act_dim: int) -> None:
         hp = self.hparams
         self.actor = TanhGaussianActor(obs_dim, act_dim, tuple(hp.hidden_dims), hp.max_action)
-        self.critic = CriticEnsemble(obs_dim, act_dim, tuple(hp.hidden_dims), ensemble_size=2,
-                                     layer_norm=hp.critic_layer_norm)
+        self.critic = CriticEnsemble(
+            obs_dim, act_dim, tuple(hp.hidden_dims), ensemble_size=2, layer_norm=hp.critic_layer_norm
+        )
         if hp.orthogonal_init:
             orthogonal_init_(self.actor)
             orthogonal_init_(self.critic)
@@ -97,10 +110,12 @@ class CQL(OfflineRLModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        return [self.adam(self.critic.parameters(), hp.qf_lr),
-                self.adam(self.actor.parameters(), hp.policy_lr),
-                self.adam([self.log_alpha], hp.policy_lr),
-                self.adam([self.log_alpha_prime], hp.qf_lr)]
+        return [
+            self.adam(self.critic.parameters(), hp.qf_lr),
+            self.adam(self.actor.parameters(), hp.policy_lr),
+            self.adam([self.log_alpha], hp.policy_lr),
+            self.adam([self.log_alpha_prime], hp.qf_lr),
+        ]
 
     def _repeat(self, x: torch.Tensor) -> torch.Tensor:
         return x.repeat_interleave(self.hparams.cql_n_actions, dim=0)
@@ -166,9 +181,20 @@ class CQL(OfflineRLModule):
         q_rand = self._q_many(obs_rep, a_rand, B)
         q_curr = self._q_many(obs_rep, a_curr, B)
         q_next = self._q_many(obs_rep, a_next, B)
-        gap = cql_conservative_gap(q_pred, q_rand, q_curr, q_next, logp_curr.view(B, n), logp_next.view(B, n),
-                                   A, hp.max_action, hp.cql_temp, hp.cql_importance_sample,
-                                   hp.cql_clip_diff_min, hp.cql_clip_diff_max)
+        gap = cql_conservative_gap(
+            q_pred,
+            q_rand,
+            q_curr,
+            q_next,
+            logp_curr.view(B, n),
+            logp_next.view(B, n),
+            A,
+            hp.max_action,
+            hp.cql_temp,
+            hp.cql_importance_sample,
+            hp.cql_clip_diff_min,
+            hp.cql_clip_diff_max,
+        )
         if hp.cql_lagrange:
             alpha_prime = self.log_alpha_prime.exp().clamp(0.0, 1e6)
             alpha_prime_loss = -(alpha_prime * hp.cql_alpha * (gap.detach() - hp.cql_target_action_gap)).sum() * 0.5
@@ -182,6 +208,12 @@ class CQL(OfflineRLModule):
         self.step_optimizer(critic_opt, critic_loss, counted=True)
         soft_update_(self.critic_target, self.critic, hp.tau)
 
-        logs.update(critic_loss=td_loss.detach(), cql_gap=gap.detach().mean(), actor_loss=actor_loss.detach(),
-                    alpha=alpha.detach(), q_mean=q_pred.detach().mean(), log_pi=log_pi.detach().mean())
+        logs.update(
+            critic_loss=td_loss.detach(),
+            cql_gap=gap.detach().mean(),
+            actor_loss=actor_loss.detach(),
+            alpha=alpha.detach(),
+            q_mean=q_pred.detach().mean(),
+            log_pi=log_pi.detach().mean(),
+        )
         return logs

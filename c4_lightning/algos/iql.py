@@ -18,6 +18,7 @@ value network's features at ``s'`` (:meth:`backup_network`), for the penalty, th
 diagnostics alike. The value network is one member, so its features pair with each of the twin critics. The
 input-gradient penalty (``grad_cross_cov``) needs ``dQ/d(s', a')`` of the same shape as ``dQ/d(s, a)`` and is refused.
 """
+
 from __future__ import annotations
 
 import math
@@ -94,36 +95,41 @@ class IQL(OfflineRLModule):
         **kwargs,  # the options every algorithm shares (OfflineRLModule)
     ):
         super().__init__(**kwargs)
-        check_hyperparameters(gamma, tau, hidden_dims, actor_lr=actor_lr, qf_lr=qf_lr, vf_lr=vf_lr,
-                              temperature=temperature)
+        check_hyperparameters(
+            gamma, tau, hidden_dims, actor_lr=actor_lr, qf_lr=qf_lr, vf_lr=vf_lr, temperature=temperature
+        )
         if not 0 < expectile < 1:
             raise ValueError(f"model.expectile={expectile} must be in (0, 1)")
         if actor_lr_cosine_steps is not None and actor_lr_cosine_steps < 1:
             raise ValueError(f"model.actor_lr_cosine_steps={actor_lr_cosine_steps} must be >= 1 or null")
         if self.c4.enabled and PENALTIES[self.c4.config.penalty].inputs == "input_gradients":
-            raise ValueError(f"model.c4.penalty={self.c4.config.penalty} pairs dQ/d(s,a) with dQ/d(s',a'), but IQL's "
-                             "backup is V(s'), which has no action input; use a feature penalty (cross_cov, "
-                             "weighted_cross_cov, feature_dot)")
+            raise ValueError(
+                f"model.c4.penalty={self.c4.config.penalty} pairs dQ/d(s,a) with dQ/d(s',a'), but IQL's "
+                "backup is V(s'), which has no action input; use a feature penalty (cross_cov, "
+                "weighted_cross_cov, feature_dot)"
+            )
         self.register_buffer("reward_scale", torch.ones(()))
         self.finish_init()
 
     def build_networks(self, obs_dim: int, act_dim: int) -> None:
         hp = self.hparams
         self.actor = GaussianPolicy(obs_dim, act_dim, tuple(hp.hidden_dims), hp.max_action)
-        self.critic = CriticEnsemble(obs_dim, act_dim, tuple(hp.hidden_dims), ensemble_size=2,
-                                     layer_norm=hp.critic_layer_norm)
+        self.critic = CriticEnsemble(
+            obs_dim, act_dim, tuple(hp.hidden_dims), ensemble_size=2, layer_norm=hp.critic_layer_norm
+        )
         self.critic_target = self.make_target(self.critic)
-        self.value = CriticEnsemble(obs_dim, 0, tuple(hp.hidden_dims), ensemble_size=1,
-                                    layer_norm=hp.critic_layer_norm)
+        self.value = CriticEnsemble(obs_dim, 0, tuple(hp.hidden_dims), ensemble_size=1, layer_norm=hp.critic_layer_norm)
 
     def compiled_networks(self) -> list[nn.Module]:
         return [self.actor, self.critic, self.value]
 
     def configure_optimizers(self):
         hp = self.hparams
-        return [self.adam(self.value.parameters(), hp.vf_lr),
-                self.adam(self.critic.parameters(), hp.qf_lr),
-                self.adam(self.actor.parameters(), hp.actor_lr)]
+        return [
+            self.adam(self.value.parameters(), hp.vf_lr),
+            self.adam(self.critic.parameters(), hp.qf_lr),
+            self.adam(self.actor.parameters(), hp.actor_lr),
+        ]
 
     def setup(self, stage: str) -> None:
         super().setup(stage)

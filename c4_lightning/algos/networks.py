@@ -4,6 +4,7 @@ The critic ensemble keeps all members in one set of batched weights
 (``[E, in, out]``) so the twin critics cost one ``baddbmm`` per layer, and it
 returns the penultimate features that C4 clusters and penalises.
 """
+
 from __future__ import annotations
 
 import math
@@ -166,8 +167,14 @@ class CriticEnsemble(nn.Module):
     ``layer_norm=True`` gives the C4 authors' critics: Linear -> LayerNorm -> ReLU in every hidden layer (LayerNorm
     bounds the features C4 penalises and clusters, and stabilises TD learning on small data)."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (256, 256), ensemble_size: int = 2,
-                 layer_norm: bool = False):
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: tuple[int, ...] = (256, 256),
+        ensemble_size: int = 2,
+        layer_norm: bool = False,
+    ):
         super().__init__()
         dims = [obs_dim + act_dim, *hidden]
         self.hidden = nn.ModuleList(VectorizedLinear(i, o, ensemble_size) for i, o in zip(dims[:-1], dims[1:]))
@@ -177,8 +184,9 @@ class CriticEnsemble(nn.Module):
         self.input_dim = obs_dim + act_dim
         self.feature_dim = dims[-1]
 
-    def from_input(self, x: torch.Tensor, return_features: bool = False, members: slice | None = None,
-                   detach_weights: bool = False):
+    def from_input(
+        self, x: torch.Tensor, return_features: bool = False, members: slice | None = None, detach_weights: bool = False
+    ):
         """``x`` is ``[B, obs+act]`` (shared by all members) or ``[E', B, obs+act]``.
 
         ``members`` evaluates only those members (e.g. ``slice(0, 1)`` for TD3's Q1): ``[E', B]`` out, and no work
@@ -198,8 +206,14 @@ class CriticEnsemble(nn.Module):
             q = self.head(x.to(self.head.weight.dtype), members, detach_weights).squeeze(-1)
         return (q, x) if return_features else q
 
-    def forward(self, obs: torch.Tensor, act: torch.Tensor, return_features: bool = False,
-                members: slice | None = None, detach_weights: bool = False):
+    def forward(
+        self,
+        obs: torch.Tensor,
+        act: torch.Tensor,
+        return_features: bool = False,
+        members: slice | None = None,
+        detach_weights: bool = False,
+    ):
         return self.from_input(torch.cat([obs, act], dim=-1), return_features, members, detach_weights)
 
 

@@ -1,6 +1,7 @@
 """The one list of algorithms: a name and where its class lives. ``c4_lightning.algos``, ``load_policy``, the CLI's
 ``--model NAME`` and the shared contract test (``tests/test_algorithm_contract.py``) all read it, so a new algorithm
 is its own file plus one line here (see CONTRIBUTING.md for the contract it implements)."""
+
 from __future__ import annotations
 
 import importlib

@@ -1,4 +1,5 @@
 """TD3+BC (Fujimoto & Gu, 2021) with the optional C4 plug-in."""
+
 from __future__ import annotations
 
 import torch
@@ -57,14 +58,17 @@ class TD3BC(OfflineRLModule):
     def build_networks(self, obs_dim: int, act_dim: int) -> None:
         hp = self.hparams
         self.actor = DeterministicActor(obs_dim, act_dim, tuple(hp.hidden_dims), hp.max_action)
-        self.critic = CriticEnsemble(obs_dim, act_dim, tuple(hp.hidden_dims), ensemble_size=2,
-                                     layer_norm=hp.critic_layer_norm)
+        self.critic = CriticEnsemble(
+            obs_dim, act_dim, tuple(hp.hidden_dims), ensemble_size=2, layer_norm=hp.critic_layer_norm
+        )
         self.actor_target = self.make_target(self.actor)
         self.critic_target = self.make_target(self.critic)
 
     def configure_optimizers(self):
-        return [self.adam(self.critic.parameters(), self.hparams.critic_lr),
-                self.adam(self.actor.parameters(), self.hparams.actor_lr)]
+        return [
+            self.adam(self.critic.parameters(), self.hparams.critic_lr),
+            self.adam(self.actor.parameters(), self.hparams.actor_lr),
+        ]
 
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         hp = self.hparams
@@ -108,4 +112,4 @@ class TD3BC(OfflineRLModule):
             batch_q_abs = self.trainer.strategy.reduce(batch_q_abs, reduce_op="mean")
         self.q_abs_average.mul_(m).add_(batch_q_abs.to(self.q_abs_average.dtype), alpha=1 - m)
         self.q_abs_updates.add_(1)
-        return self.q_abs_average / (1 - m ** self.q_abs_updates)
+        return self.q_abs_average / (1 - m**self.q_abs_updates)

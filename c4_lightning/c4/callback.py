@@ -1,4 +1,5 @@
 """``ClusterRefitCallback``: C4's dataset partition, made before training and refitted every N epochs."""
+
 from __future__ import annotations
 
 import time
@@ -8,8 +9,14 @@ import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from c4_lightning.c4.clustering import (ClusterFitError, ClusterModel, _subsample_index, fit_partition, project_2d,
-                                        raw_features)
+from c4_lightning.c4.clustering import (
+    ClusterFitError,
+    ClusterModel,
+    _subsample_index,
+    fit_partition,
+    project_2d,
+    raw_features,
+)
 from c4_lightning.c4.features import CriticFeatureRows
 from c4_lightning.c4.metrics import within_cluster_summary
 from c4_lightning.c4.plugin import trajectory_tail_members  # noqa: F401  (re-exported: older imports)
@@ -18,9 +25,16 @@ from c4_lightning.training.images import log_image
 from c4_lightning.data.sampler import check_cluster_sampling
 
 
-def cluster_scatter_image(features, model: ClusterModel, labels: np.ndarray, sources: np.ndarray,
-                          source_names: list[str], max_points: int = 5000, seed: int = 0,
-                          title: str | None = None) -> np.ndarray:
+def cluster_scatter_image(
+    features,
+    model: ClusterModel,
+    labels: np.ndarray,
+    sources: np.ndarray,
+    source_names: list[str],
+    max_points: int = 5000,
+    seed: int = 0,
+    title: str | None = None,
+) -> np.ndarray:
     """The ``c4/clusters`` TensorBoard image (HWC uint8): PCA scatter of at most ``max_points`` rows, by cluster
     and by source.
 
@@ -32,10 +46,17 @@ def cluster_scatter_image(features, model: ClusterModel, labels: np.ndarray, sou
     labels, sources = np.asarray(labels), np.asarray(sources)
     idx = _subsample_index(labels.shape[0], max_points, seed)
     n_clusters = int(labels.max()) + 1 if labels.size else 0
-    fig = cluster_scatter_figure(project_2d(features, model, rows=idx), labels[idx], sources[idx], source_names,
-                                 max_points=max_points, seed=seed, title=title,
-                                 cluster_sizes=np.bincount(labels, minlength=n_clusters).tolist(),  # all N rows
-                                 source_sizes=np.bincount(sources, minlength=len(source_names)).tolist())
+    fig = cluster_scatter_figure(
+        project_2d(features, model, rows=idx),
+        labels[idx],
+        sources[idx],
+        source_names,
+        max_points=max_points,
+        seed=seed,
+        title=title,
+        cluster_sizes=np.bincount(labels, minlength=n_clusters).tolist(),  # all N rows
+        source_sizes=np.bincount(sources, minlength=len(source_names)).tolist(),
+    )
     return figure_to_image(fig)
 
 
@@ -58,8 +79,14 @@ class ClusterRefitCallback(Callback):
         every_n_epochs / every_n_updates: override the module's cadence (at most one; default: the module's).
     """
 
-    def __init__(self, every_n_epochs: int | None = None, log_scatter: bool = True, scatter_points: int = 5000,
-                 seed: int = 0, every_n_updates: int | None = None):
+    def __init__(
+        self,
+        every_n_epochs: int | None = None,
+        log_scatter: bool = True,
+        scatter_points: int = 5000,
+        seed: int = 0,
+        every_n_updates: int | None = None,
+    ):
         for name, v in (("every_n_epochs", every_n_epochs), ("every_n_updates", every_n_updates)):
             if v is not None and v < 0:
                 raise ValueError(f"{name}={v} must be >= 0")
@@ -92,15 +119,25 @@ class ClusterRefitCallback(Callback):
         other row once, block by block) instead of materialising ``[N, 2H]``. Use it while the critics are
         unchanged and the module is in eval mode (:meth:`partition` does both)."""
         obs, act, next_obs, next_act = trainer.datamodule.features_input()
-        return CriticFeatureRows(pl_module.critic, pl_module.backup_network(), obs, act,
-                                 *pl_module.backup_input(next_obs, next_act),
-                                 kind=self._cfg(pl_module).feature)
+        return CriticFeatureRows(
+            pl_module.critic,
+            pl_module.backup_network(),
+            obs,
+            act,
+            *pl_module.backup_input(next_obs, next_act),
+            kind=self._cfg(pl_module).feature,
+        )
 
     def _fit(self, features, pl_module) -> tuple[np.ndarray, ClusterModel]:
         cfg = self._cfg(pl_module)
-        return fit_partition(features, n_clusters=cfg.n_clusters, pca_dim=cfg.pca_dim,
-                             fit_subsample=cfg.fit_subsample, seed=self.seed + self.refits,
-                             previous_labels=self.labels)
+        return fit_partition(
+            features,
+            n_clusters=cfg.n_clusters,
+            pca_dim=cfg.pca_dim,
+            fit_subsample=cfg.fit_subsample,
+            seed=self.seed + self.refits,
+            previous_labels=self.labels,
+        )
 
     def partition(self, trainer, pl_module, initial: bool) -> None:
         """Fit on rank 0, broadcast, apply. Keeps the previous partition when the fit fails."""
@@ -122,16 +159,29 @@ class ClusterRefitCallback(Callback):
                 self.last_seconds = time.perf_counter() - t0
                 if self.log_scatter and trainer.loggers:
                     dm = trainer.datamodule
-                    space = ("standardised raw (s, a)" if initial else
-                             f"critic features ({self._cfg(pl_module).feature}) [phi(s,a), phi_bar(s',a')]")
-                    title = (f"C4 partition {self.refits + 1} at update {trainer.global_step} (epoch "
-                             f"{trainer.current_epoch}), {len(labels):,} transitions; features: {space}")
-                    image = cluster_scatter_image(features, model, labels, dm.sources.cpu().numpy(),
-                                                  dm.source_names, max_points=self.scatter_points, title=title)
+                    space = (
+                        "standardised raw (s, a)"
+                        if initial
+                        else f"critic features ({self._cfg(pl_module).feature}) [phi(s,a), phi_bar(s',a')]"
+                    )
+                    title = (
+                        f"C4 partition {self.refits + 1} at update {trainer.global_step} (epoch "
+                        f"{trainer.current_epoch}), {len(labels):,} transitions; features: {space}"
+                    )
+                    image = cluster_scatter_image(
+                        features,
+                        model,
+                        labels,
+                        dm.sources.cpu().numpy(),
+                        dm.source_names,
+                        max_points=self.scatter_points,
+                        title=title,
+                    )
             except ClusterFitError as err:
                 self.failures += 1
-                rank_zero_warn(f"C4 refit at epoch {trainer.current_epoch} failed ({err}); "
-                               "keeping the previous partition")
+                rank_zero_warn(
+                    f"C4 refit at epoch {trainer.current_epoch} failed ({err}); keeping the previous partition"
+                )
                 self.last_seconds = time.perf_counter() - t0
             finally:
                 pl_module.train(was_training)
@@ -162,8 +212,13 @@ class ClusterRefitCallback(Callback):
             return
         sizes = np.bincount(self.labels, minlength=self._cfg(pl_module).n_clusters) if self.labels is not None else []
         metrics = {f"c4/cluster_size_{k}": float(s) for k, s in enumerate(sizes)}
-        metrics.update({"c4/refit_seconds": self.last_seconds, "c4/refit_failures": float(self.failures),
-                        "c4/refits": float(self.refits)})
+        metrics.update(
+            {
+                "c4/refit_seconds": self.last_seconds,
+                "c4/refit_failures": float(self.failures),
+                "c4/refits": float(self.refits),
+            }
+        )
         sampler = getattr(trainer.datamodule, "sampler", None)
         if sampler is not None and sampler.partitioned:  # share of the data in clusters big enough to be drawn
             sizes = sampler.cluster_sizes.double()
@@ -183,12 +238,17 @@ class ClusterRefitCallback(Callback):
         cfg = self._cfg(pl_module)
         if cfg.min_cluster_size is not None:
             if dm.min_cluster_size is not None and int(dm.min_cluster_size) != int(cfg.min_cluster_size):
-                raise ValueError(f"model.c4.min_cluster_size={cfg.min_cluster_size} and data.min_cluster_size="
-                                 f"{dm.min_cluster_size} disagree; set only one of them")
+                raise ValueError(
+                    f"model.c4.min_cluster_size={cfg.min_cluster_size} and data.min_cluster_size="
+                    f"{dm.min_cluster_size} disagree; set only one of them"
+                )
             dm.sampler.min_cluster_size = cfg.min_cluster_size
-        check_cluster_sampling(dm.num_transitions, dm.batch_size,
-                               1 if cfg.extend_with_trajectory_tail else cfg.n_clusters,  # overlapping clusters
-                               dm.sampler._min_cluster_size_arg)
+        check_cluster_sampling(
+            dm.num_transitions,
+            dm.batch_size,
+            1 if cfg.extend_with_trajectory_tail else cfg.n_clusters,  # overlapping clusters
+            dm.sampler._min_cluster_size_arg,
+        )
 
     def on_train_start(self, trainer, pl_module) -> None:
         if self.labels is None:
@@ -230,8 +290,13 @@ class ClusterRefitCallback(Callback):
         model = self.model.state_dict() if self.model is not None else None
         if model is not None:
             model = {k: torch.from_numpy(np.array(v)) if isinstance(v, np.ndarray) else v for k, v in model.items()}
-        return {"labels": torch.from_numpy(np.array(self.labels)) if self.labels is not None else None,
-                "model": model, "refits": self.refits, "failures": self.failures, "next_refit_at": self.next_refit_at}
+        return {
+            "labels": torch.from_numpy(np.array(self.labels)) if self.labels is not None else None,
+            "model": model,
+            "refits": self.refits,
+            "failures": self.failures,
+            "next_refit_at": self.next_refit_at,
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         labels = state_dict.get("labels")

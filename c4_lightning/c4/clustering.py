@@ -14,6 +14,7 @@ Warm start: given the previous partition's labels, the mixture starts from the p
 means and covariances measured on the *new* projected features of the fit subsample (an M-step from the old
 labels), so cluster ``k`` of the new fit is the continuation of the old cluster ``k`` and label ids stay stable.
 """
+
 from __future__ import annotations
 
 import math
@@ -61,8 +62,9 @@ def _source_shape(src) -> tuple[int, int]:
 def _source_rows(src, idx: np.ndarray, f: int) -> np.ndarray:
     out = _to_numpy_2d(src.rows(idx), "rows(idx) of the feature source")
     if out.shape != (len(idx), f):
-        raise ValueError(f"the feature source returned rows of shape {out.shape} for {len(idx)} indices, "
-                         f"expected ({len(idx)}, {f})")
+        raise ValueError(
+            f"the feature source returned rows of shape {out.shape} for {len(idx)} indices, expected ({len(idx)}, {f})"
+        )
     return out
 
 
@@ -84,8 +86,16 @@ def raw_features(obs, act) -> np.ndarray:
 _CHUNK = 4096  # rows per projection chunk: [4096, 512] float32 = 8 MiB, stays in cache between the two passes
 _NON_FINITE = "features contain NaN or inf; check the critic for divergence before refitting"
 
-_ARRAYS = ("scaler_mean", "scaler_scale", "proj_components", "proj_mean", "weights", "means", "covariances",
-           "precisions_cholesky")
+_ARRAYS = (
+    "scaler_mean",
+    "scaler_scale",
+    "proj_components",
+    "proj_mean",
+    "weights",
+    "means",
+    "covariances",
+    "precisions_cholesky",
+)
 
 
 @dataclass(eq=False)
@@ -160,7 +170,7 @@ class ClusterModel:
             raise ValueError(f"x has {x.shape[1]} features but the model was fitted on {self.feature_dim}")
         out = np.empty((x.shape[0], self.projected_dim))
         for s in range(0, x.shape[0], chunk_size):
-            out[s:s + chunk_size] = self._project_chunk(x[s:s + chunk_size])
+            out[s : s + chunk_size] = self._project_chunk(x[s : s + chunk_size])
         return out
 
     def _log_resp_unnorm(self, z: np.ndarray) -> np.ndarray:
@@ -186,10 +196,10 @@ class ClusterModel:
             raise ValueError(f"x has {x.shape[1]} features but the model was fitted on {self.feature_dim}")
         labels = np.empty(x.shape[0], dtype=np.int64)
         for s in range(0, x.shape[0], chunk_size):
-            z = self._project_chunk(x[s:s + chunk_size])
+            z = self._project_chunk(x[s : s + chunk_size])
             if check_finite and not np.isfinite(z).all():
                 raise ClusterFitError(_NON_FINITE)
-            labels[s:s + chunk_size] = self._log_resp_unnorm(z).argmax(axis=1)
+            labels[s : s + chunk_size] = self._log_resp_unnorm(z).argmax(axis=1)
         return labels
 
     def state_dict(self) -> dict:
@@ -208,14 +218,24 @@ class ClusterModel:
         required = {f.name for f in fields(cls) if f.name in _ARRAYS or f.name == "n_clusters"}
         missing, unknown = sorted(required - set(state)), sorted(set(state) - names)
         if missing or unknown:
-            raise ValueError(f"ClusterModel state has missing keys {missing} and unknown keys {unknown}; "
-                             "pass the dict produced by ClusterModel.state_dict()")
+            raise ValueError(
+                f"ClusterModel state has missing keys {missing} and unknown keys {unknown}; "
+                "pass the dict produced by ClusterModel.state_dict()"
+            )
         kw = {k: (np.asarray(v, dtype=np.float64) if k in _ARRAYS else v) for k, v in state.items()}
         kw["n_clusters"] = int(kw["n_clusters"])
         model = cls(**kw)
         k, p, f = model.n_clusters, model.projected_dim, model.feature_dim
-        expected = {"scaler_mean": (f,), "scaler_scale": (f,), "proj_components": (p, f), "proj_mean": (f,),
-                    "weights": (k,), "means": (k, p), "covariances": (k, p, p), "precisions_cholesky": (k, p, p)}
+        expected = {
+            "scaler_mean": (f,),
+            "scaler_scale": (f,),
+            "proj_components": (p, f),
+            "proj_mean": (f,),
+            "weights": (k,),
+            "means": (k, p),
+            "covariances": (k, p, p),
+            "precisions_cholesky": (k, p, p),
+        }
         for name, shape in expected.items():
             if getattr(model, name).shape != shape:
                 raise ValueError(f"ClusterModel state: {name} has shape {getattr(model, name).shape}, expected {shape}")
@@ -229,10 +249,10 @@ def _scaler_stats(x: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
     mean = x.sum(axis=0, dtype=np.float64) / m
     s1, s2 = np.zeros(x.shape[1]), np.zeros(x.shape[1])
     for s in range(0, m, chunk):
-        d = x[s:s + chunk] - mean  # float64 [chunk, F]
+        d = x[s : s + chunk] - mean  # float64 [chunk, F]
         s1 += d.sum(axis=0)
         s2 += np.einsum("ij,ij->j", d, d)
-    var = (s2 - s1 ** 2 / m) / m
+    var = (s2 - s1**2 / m) / m
     eps = np.finfo(np.float64).eps
     constant = var <= m * eps * var + (m * mean * eps) ** 2  # sklearn's _is_constant_feature
     scale = np.sqrt(var)
@@ -246,8 +266,15 @@ def _subsample_index(n: int, size: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
 
 
-def _warm_start_init(model_tf: ClusterModel, take_rows, idx: np.ndarray, z_fit: np.ndarray,
-                     previous_labels: np.ndarray, k: int, reg_covar: float):
+def _warm_start_init(
+    model_tf: ClusterModel,
+    take_rows,
+    idx: np.ndarray,
+    z_fit: np.ndarray,
+    previous_labels: np.ndarray,
+    k: int,
+    reg_covar: float,
+):
     """Weights, means and precisions of the previous clusters on the new projected features, or None when the
     previous partition does not have exactly ``k`` clusters ``0..k-1`` with at least 2 members each.
 
@@ -338,11 +365,16 @@ def fit_partition(
         raise ValueError("features must have at least one column")
     prev = None
     if previous_labels is not None:
-        prev = (previous_labels.detach().cpu().numpy() if isinstance(previous_labels, torch.Tensor)
-                else np.asarray(previous_labels))
+        prev = (
+            previous_labels.detach().cpu().numpy()
+            if isinstance(previous_labels, torch.Tensor)
+            else np.asarray(previous_labels)
+        )
         if prev.shape != (n,) or not np.issubdtype(prev.dtype, np.integer):
-            raise ValueError(f"previous_labels must be an int array of shape ({n},) (one label per feature row), "
-                             f"got dtype {prev.dtype} shape {prev.shape}")
+            raise ValueError(
+                f"previous_labels must be an int array of shape ({n},) (one label per feature row), "
+                f"got dtype {prev.dtype} shape {prev.shape}"
+            )
         prev = prev.astype(np.int64)
 
     if n < max(k, 2):
@@ -361,8 +393,8 @@ def fit_partition(
     mean, scale = _scaler_stats(x_sub, _CHUNK)  # fixed chunks: the fit does not depend on predict_chunk
     z_std = np.empty((n_fit, f))  # the one float64 copy: the standardised fit subsample, written chunk by chunk
     for s in range(0, n_fit, _CHUNK):
-        np.subtract(x_sub[s:s + _CHUNK], mean, out=z_std[s:s + _CHUNK])
-        z_std[s:s + _CHUNK] /= scale
+        np.subtract(x_sub[s : s + _CHUNK], mean, out=z_std[s : s + _CHUNK])
+        z_std[s : s + _CHUNK] /= scale
     use_pca = pca_dim < f
     if use_pca:
         n_comp = min(pca_dim, f, n_fit)
@@ -373,24 +405,42 @@ def fit_partition(
     else:
         components, proj_mean = np.eye(f), np.zeros(f)
     p = components.shape[0]
-    tf = ClusterModel(k, mean, scale, components, proj_mean,
-                      np.ones(k) / k, np.zeros((k, p)), np.tile(np.eye(p), (k, 1, 1)), np.tile(np.eye(p), (k, 1, 1)),
-                      pca=use_pca, seed=seed, n_fit_rows=n_fit)
+    tf = ClusterModel(
+        k,
+        mean,
+        scale,
+        components,
+        proj_mean,
+        np.ones(k) / k,
+        np.zeros((k, p)),
+        np.tile(np.eye(p), (k, 1, 1)),
+        np.tile(np.eye(p), (k, 1, 1)),
+        pca=use_pca,
+        seed=seed,
+        n_fit_rows=n_fit,
+    )
     z_fit = z_std @ components.T - proj_mean @ components.T  # no [n_fit, F] temporary
     del z_std
 
     n_distinct = np.unique(z_fit, axis=0).shape[0]
     if n_distinct < k:
-        raise ClusterFitError(f"only {n_distinct} distinct feature vectors among the {n_fit} fitted rows, "
-                              f"fewer than n_clusters={k}")
+        raise ClusterFitError(
+            f"only {n_distinct} distinct feature vectors among the {n_fit} fitted rows, fewer than n_clusters={k}"
+        )
 
     init = _warm_start_init(tf, take_rows, idx, z_fit, prev, k, float(reg_covar)) if prev is not None else None
     kwargs = {}
     if init is not None:
         w0, m0, p0 = init
         kwargs = dict(weights_init=w0, means_init=m0, precisions_init=p0, init_params="random_from_data")
-    gmm = GaussianMixture(n_components=k, covariance_type="full", random_state=seed, reg_covar=float(reg_covar),
-                          max_iter=max_iter, **kwargs)
+    gmm = GaussianMixture(
+        n_components=k,
+        covariance_type="full",
+        random_state=seed,
+        reg_covar=float(reg_covar),
+        max_iter=max_iter,
+        **kwargs,
+    )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
@@ -401,10 +451,20 @@ def fit_partition(
     if not all(np.isfinite(a).all() for a in params):
         raise ClusterFitError("GaussianMixture fit produced non-finite parameters")
 
-    model = ClusterModel(k, tf.scaler_mean, tf.scaler_scale, components, proj_mean,
-                         *(np.asarray(a, dtype=np.float64) for a in params), pca=use_pca,
-                         warm_started=init is not None, converged=bool(gmm.converged_), n_iter=int(gmm.n_iter_),
-                         seed=seed, n_fit_rows=n_fit)
+    model = ClusterModel(
+        k,
+        tf.scaler_mean,
+        tf.scaler_scale,
+        components,
+        proj_mean,
+        *(np.asarray(a, dtype=np.float64) for a in params),
+        pca=use_pca,
+        warm_started=init is not None,
+        converged=bool(gmm.converged_),
+        n_iter=int(gmm.n_iter_),
+        seed=seed,
+        n_fit_rows=n_fit,
+    )
     if x is not None:
         labels = model.predict(x, chunk_size=predict_chunk, check_finite=True)
     else:  # the subsample's rows are at hand; every other row is computed once, a block at a time
@@ -414,17 +474,25 @@ def fit_partition(
         rest = np.setdiff1d(np.arange(n), idx, assume_unique=True)
         block = max(predict_chunk, int(getattr(source, "block_rows", 0) or 0))
         for s in range(0, rest.shape[0], block):
-            rows = rest[s:s + block]
+            rows = rest[s : s + block]
             labels[rows] = model.predict(_source_rows(source, rows, f), chunk_size=predict_chunk, check_finite=True)
     sizes = np.bincount(labels, minlength=k)
     if (sizes == 0).any():
-        raise ClusterFitError(f"cluster(s) {np.flatnonzero(sizes == 0).tolist()} received no rows "
-                              f"(sizes {sizes.tolist()}); the data do not support n_clusters clusters")
+        raise ClusterFitError(
+            f"cluster(s) {np.flatnonzero(sizes == 0).tolist()} received no rows "
+            f"(sizes {sizes.tolist()}); the data do not support n_clusters clusters"
+        )
     return labels, model
 
 
-def project_2d(features, model: ClusterModel | None = None, fit_subsample: int = 50_000, seed: int = 0,
-               chunk_size: int = _CHUNK, rows=None) -> np.ndarray:
+def project_2d(
+    features,
+    model: ClusterModel | None = None,
+    fit_subsample: int = 50_000,
+    seed: int = 0,
+    chunk_size: int = _CHUNK,
+    rows=None,
+) -> np.ndarray:
     """2-D coordinates for plotting, ``[N, 2]`` float64 (``[len(rows), 2]`` with ``rows``).
 
     With a ``model`` that applied PCA, these are the first two principal components of its projection (the same
@@ -456,19 +524,20 @@ def project_2d(features, model: ClusterModel | None = None, fit_subsample: int =
         rows = np.asarray(rows)
         in_range = rows.size == 0 or (rows.ndim == 1 and rows.min() >= 0 and rows.max() < n)
         if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer) or not in_range:
-            raise ValueError(f"rows must be a 1-D int array of row indices in [0, {n}), got dtype {rows.dtype} "
-                             f"shape {rows.shape}")
+            raise ValueError(
+                f"rows must be a 1-D int array of row indices in [0, {n}), got dtype {rows.dtype} shape {rows.shape}"
+            )
     n_out = n if rows is None else rows.shape[0]
 
     def out_rows(s: int) -> np.ndarray:  # the chunk of the rows to project that starts at s
         if rows is not None:
-            return take(rows[s:s + chunk_size])
-        return take(np.arange(s, min(s + chunk_size, n))) if is_source else x[s:s + chunk_size]
+            return take(rows[s : s + chunk_size])
+        return take(np.arange(s, min(s + chunk_size, n))) if is_source else x[s : s + chunk_size]
 
     out = np.zeros((n_out, 2))
     if model is not None and model.pca and model.projected_dim >= 2:
         for s in range(0, n_out, chunk_size):
-            out[s:s + chunk_size] = model.transform(out_rows(s))[:, :2]
+            out[s : s + chunk_size] = model.transform(out_rows(s))[:, :2]
         return out
     if n < 2:
         return out
@@ -483,5 +552,5 @@ def project_2d(features, model: ClusterModel | None = None, fit_subsample: int =
         warnings.simplefilter("ignore", RuntimeWarning)  # explained-variance ratio of constant data
         pca = PCA(n_components=n_comp, random_state=seed).fit((sub - mean) / scale)
     for s in range(0, n_out, chunk_size):
-        out[s:s + chunk_size, :n_comp] = pca.transform((out_rows(s).astype(np.float64) - mean) / scale)
+        out[s : s + chunk_size, :n_comp] = pca.transform((out_rows(s).astype(np.float64) - mean) / scale)
     return out

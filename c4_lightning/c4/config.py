@@ -1,4 +1,5 @@
 """The ``c4`` option group shared by every algorithm (``--model.c4.<name>`` on the command line)."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -65,24 +66,38 @@ class C4Config:
         checks = [
             (self.penalty_weight >= 0, f"model.c4.penalty_weight={self.penalty_weight} must be >= 0"),
             (self.n_clusters >= 1, f"model.c4.n_clusters={self.n_clusters} must be >= 1"),
-            (self.refit_every_n_updates is None or self.refit_every_n_updates >= 0,
-             f"model.c4.refit_every_n_updates={self.refit_every_n_updates} must be >= 0"),
-            (self.refit_every_n_epochs is None or self.refit_every_n_epochs >= 0,
-             f"model.c4.refit_every_n_epochs={self.refit_every_n_epochs} must be >= 0"),
-            (self.refit_every_n_updates is None or self.refit_every_n_epochs is None,
-             f"model.c4.refit_every_n_updates={self.refit_every_n_updates} and model.c4.refit_every_n_epochs="
-             f"{self.refit_every_n_epochs} are both set; keep one (set the other to null)"),
+            (
+                self.refit_every_n_updates is None or self.refit_every_n_updates >= 0,
+                f"model.c4.refit_every_n_updates={self.refit_every_n_updates} must be >= 0",
+            ),
+            (
+                self.refit_every_n_epochs is None or self.refit_every_n_epochs >= 0,
+                f"model.c4.refit_every_n_epochs={self.refit_every_n_epochs} must be >= 0",
+            ),
+            (
+                self.refit_every_n_updates is None or self.refit_every_n_epochs is None,
+                f"model.c4.refit_every_n_updates={self.refit_every_n_updates} and model.c4.refit_every_n_epochs="
+                f"{self.refit_every_n_epochs} are both set; keep one (set the other to null)",
+            ),
             (self.pca_dim >= 1, f"model.c4.pca_dim={self.pca_dim} must be >= 1"),
-            (self.fit_subsample >= self.n_clusters,
-             f"model.c4.fit_subsample={self.fit_subsample} must be >= n_clusters={self.n_clusters}"),
-            (self.feature in ("penultimate", "gradient"),
-             f"model.c4.feature={self.feature!r} is unknown; use penultimate or gradient"),
+            (
+                self.fit_subsample >= self.n_clusters,
+                f"model.c4.fit_subsample={self.fit_subsample} must be >= n_clusters={self.n_clusters}",
+            ),
+            (
+                self.feature in ("penultimate", "gradient"),
+                f"model.c4.feature={self.feature!r} is unknown; use penultimate or gradient",
+            ),
             (self.grad_cap > 0, f"model.c4.grad_cap={self.grad_cap} must be > 0"),
             (self.grad_beta >= 0, f"model.c4.grad_beta={self.grad_beta} must be >= 0"),
-            (self.min_cluster_size is None or self.min_cluster_size >= 1,
-             f"model.c4.min_cluster_size={self.min_cluster_size} must be >= 1"),
-            (self.penalty_rows is None or self.penalty_rows >= 2,
-             f"model.c4.penalty_rows={self.penalty_rows} must be >= 2 (a covariance needs two rows) or null"),
+            (
+                self.min_cluster_size is None or self.min_cluster_size >= 1,
+                f"model.c4.min_cluster_size={self.min_cluster_size} must be >= 1",
+            ),
+            (
+                self.penalty_rows is None or self.penalty_rows >= 2,
+                f"model.c4.penalty_rows={self.penalty_rows} must be >= 2 (a covariance needs two rows) or null",
+            ),
         ]
         for ok, message in checks:
             if not ok:

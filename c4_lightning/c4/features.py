@@ -8,6 +8,7 @@
 * :class:`CriticFeatureRows` gives the same rows on demand (``rows(idx)``), so a refit computes only the rows it
   needs, when it needs them, and never holds the ``[N, 2F]`` matrix.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,8 +30,9 @@ def _check_obs_act(obs: torch.Tensor, act: torch.Tensor, oname: str, aname: str)
         if not t.is_floating_point():
             raise ValueError(f"{name} must be floating point, got {t.dtype}; cast it with .float()")
     if obs.shape[0] != act.shape[0]:
-        raise ValueError(f"{oname} and {aname} must have the same number of rows, "
-                         f"got {obs.shape[0]} and {act.shape[0]}")
+        raise ValueError(
+            f"{oname} and {aname} must have the same number of rows, got {obs.shape[0]} and {act.shape[0]}"
+        )
 
 
 def _ensemble_size(critic: nn.Module) -> int:
@@ -65,8 +67,9 @@ def input_gradients(
         x = x.unsqueeze(0).expand(e, -1, -1).clone().requires_grad_(True)
         q = critic.from_input(x)
         if q.shape != x.shape[:2]:
-            raise ValueError(f"critic.from_input must return q of shape [E, B] = {tuple(x.shape[:2])}, "
-                             f"got {tuple(q.shape)}")
+            raise ValueError(
+                f"critic.from_input must return q of shape [E, B] = {tuple(x.shape[:2])}, got {tuple(q.shape)}"
+            )
         (grad,) = torch.autograd.grad(q.sum(), x, create_graph=create_graph)
     return grad if create_graph else grad.detach()
 
@@ -164,9 +167,17 @@ class CriticFeatureRows:
     should ask for (65536 on an accelerator, ``4 * CPU_CHUNK`` on a CPU).
     """
 
-    def __init__(self, critic: nn.Module, target_critic: nn.Module, obs: torch.Tensor, act: torch.Tensor,
-                 next_obs: torch.Tensor, next_act: torch.Tensor, kind: str = "penultimate",
-                 chunk_size: int | None = None):
+    def __init__(
+        self,
+        critic: nn.Module,
+        target_critic: nn.Module,
+        obs: torch.Tensor,
+        act: torch.Tensor,
+        next_obs: torch.Tensor,
+        next_act: torch.Tensor,
+        kind: str = "penultimate",
+        chunk_size: int | None = None,
+    ):
         _check_obs_act(obs, act, "obs", "act")
         _check_obs_act(next_obs, next_act, "next_obs", "next_act")
         if next_obs.shape[0] != obs.shape[0] or next_act.shape[0] != act.shape[0]:
@@ -176,8 +187,9 @@ class CriticFeatureRows:
             )
         self.critic, self.target_critic, self.kind, self.chunk_size = critic, target_critic, kind, chunk_size
         self._data = (obs, act, next_obs, next_act)
-        first = clustering_features(critic, target_critic, obs[:1], act[:1], next_obs[:1], next_act[:1], kind=kind,
-                                    chunk_size=chunk_size)  # validates the rest (kind, critics, devices, n > 0)
+        first = clustering_features(
+            critic, target_critic, obs[:1], act[:1], next_obs[:1], next_act[:1], kind=kind, chunk_size=chunk_size
+        )  # validates the rest (kind, critics, devices, n > 0)
         self.shape = (int(obs.shape[0]), int(first.shape[1]))
         device, _ = _critic_device_dtype(critic)
         self.block_rows = ACCELERATOR_CHUNK if device.type != "cpu" else 4 * CPU_CHUNK
@@ -189,5 +201,6 @@ class CriticFeatureRows:
         if idx.numel() == 0:
             return np.empty((0, self.shape[1]), dtype=np.float32)
         parts = [t[idx.to(t.device)] for t in self._data]
-        return clustering_features(self.critic, self.target_critic, *parts, kind=self.kind,
-                                   chunk_size=self.chunk_size).numpy()
+        return clustering_features(
+            self.critic, self.target_critic, *parts, kind=self.kind, chunk_size=self.chunk_size
+        ).numpy()

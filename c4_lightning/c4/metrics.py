@@ -3,6 +3,7 @@
 The paper's experiment 2 plots ``||Cov(phi_bar(s', a'), phi(s, a))||`` on a fixed probe set over training and
 shows that C4 lowers it; :class:`CrossCovarianceMetric` is that curve for C4 and baselines alike.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,8 +21,9 @@ def correlation_rms(c: torch.Tensor, sd_y: torch.Tensor, sd_x: torch.Tensor) -> 
     return corr.square().mean(dim=(-2, -1)).sqrt()
 
 
-def within_cluster_summary(phi: torch.Tensor, phi_next: torch.Tensor, labels: torch.Tensor,
-                           min_rows: int = 8) -> dict[str, torch.Tensor]:
+def within_cluster_summary(
+    phi: torch.Tensor, phi_next: torch.Tensor, labels: torch.Tensor, min_rows: int = 8
+) -> dict[str, torch.Tensor]:
     """The cross-covariance inside each cluster of a probe set (what a single-cluster batch sees), averaged over
     clusters weighted by their probe rows: ``{"fro": ..., "corr_rms": ...}`` (per-member values averaged over the
     ensemble). ``phi``/``phi_next`` are ``[E, P, D]``, ``labels`` ``[P]``; clusters with fewer than ``min_rows`` probe
@@ -45,8 +47,9 @@ def within_cluster_summary(phi: torch.Tensor, phi_next: torch.Tensor, labels: to
     return {"fro": fro / total, "corr_rms": corr / total}
 
 
-def cross_covariance_from_stats(n: torch.Tensor, sum_x: torch.Tensor, sum_y: torch.Tensor,
-                                sum_yx: torch.Tensor) -> torch.Tensor:
+def cross_covariance_from_stats(
+    n: torch.Tensor, sum_x: torch.Tensor, sum_y: torch.Tensor, sum_yx: torch.Tensor
+) -> torch.Tensor:
     """``C = (sum y x^T - n ȳ x̄^T) / (n - 1)`` (``ddof = 1``, like :func:`c4_lightning.c4.penalty.cross_covariance`)
     from sufficient statistics ``sum_x [..., Dx]``, ``sum_y [..., Dy]``, ``sum_yx [..., Dy, Dx]``."""
     mean_x, mean_y = sum_x / n, sum_y / n
@@ -82,11 +85,19 @@ class CrossCovarianceMetric(Metric):
     # the global state still has its empty (shape-inferred) default
     full_state_update = True
 
-    def __init__(self, feature_dim: int | None = None, ensemble_size: int | None = None,
-                 next_feature_dim: int | None = None, **kwargs):
+    def __init__(
+        self,
+        feature_dim: int | None = None,
+        ensemble_size: int | None = None,
+        next_feature_dim: int | None = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
-        for v, name in ((feature_dim, "feature_dim"), (ensemble_size, "ensemble_size"),
-                        (next_feature_dim, "next_feature_dim")):
+        for v, name in (
+            (feature_dim, "feature_dim"),
+            (ensemble_size, "ensemble_size"),
+            (next_feature_dim, "next_feature_dim"),
+        ):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name} must be a positive int or None (inferred from the first update), got {v!r}")
         if next_feature_dim is None:
@@ -116,14 +127,21 @@ class CrossCovarianceMetric(Metric):
     def update(self, phi: torch.Tensor, phi_next: torch.Tensor) -> None:
         x, y = self._as_3d(phi, "phi"), self._as_3d(phi_next, "phi_next")
         if x.shape[:2] != y.shape[:2]:
-            raise ValueError(f"phi and phi_next must have the same ensemble and batch sizes ([E, B, D]), got "
-                             f"{tuple(phi.shape)} and {tuple(phi_next.shape)}")
+            raise ValueError(
+                f"phi and phi_next must have the same ensemble and batch sizes ([E, B, D]), got "
+                f"{tuple(phi.shape)} and {tuple(phi_next.shape)}"
+            )
         e, dx, dy = x.shape[0], x.shape[-1], y.shape[-1]
-        for want, got, name in ((self.ensemble_size, e, "ensemble size E"), (self.feature_dim, dx, "phi width"),
-                                (self.next_feature_dim, dy, "phi_next width")):
+        for want, got, name in (
+            (self.ensemble_size, e, "ensemble size E"),
+            (self.feature_dim, dx, "phi width"),
+            (self.next_feature_dim, dy, "phi_next width"),
+        ):
             if want is not None and want != got:
-                raise ValueError(f"{name} is {got} but this metric was built for {want}; pass features of the "
-                                 "configured shape or build the metric without fixed dims")
+                raise ValueError(
+                    f"{name} is {got} but this metric was built for {want}; pass features of the "
+                    "configured shape or build the metric without fixed dims"
+                )
         if self.sum_yx.numel() == 0 and self.sum_yx.shape != (e, dy, dx):  # first update with inferred dims
             self.sum_x = torch.zeros(e, dx, dtype=torch.float64, device=self.sum_x.device)
             self.sum_y = torch.zeros(e, dy, dtype=torch.float64, device=self.sum_y.device)
@@ -131,8 +149,10 @@ class CrossCovarianceMetric(Metric):
             self.sum_xx = torch.zeros(e, dx, dtype=torch.float64, device=self.sum_xx.device)
             self.sum_yy = torch.zeros(e, dy, dtype=torch.float64, device=self.sum_yy.device)
         elif self.sum_yx.shape != (e, dy, dx):
-            raise ValueError(f"phi/phi_next of shapes {tuple(phi.shape)}/{tuple(phi_next.shape)} do not match the "
-                             f"earlier updates (E, Dy, Dx) = {tuple(self.sum_yx.shape)}; call reset() to change shapes")
+            raise ValueError(
+                f"phi/phi_next of shapes {tuple(phi.shape)}/{tuple(phi_next.shape)} do not match the "
+                f"earlier updates (E, Dy, Dx) = {tuple(self.sum_yx.shape)}; call reset() to change shapes"
+            )
         self.n += x.shape[1]
         self.sum_x += x.sum(dim=1)
         self.sum_y += y.sum(dim=1)
@@ -144,8 +164,10 @@ class CrossCovarianceMetric(Metric):
         """The per-member cross-covariance ``[E, Dy, Dx]`` from this process's states (call ``compute()`` for the
         DDP-synchronised summary)."""
         if float(self.n) < 2:
-            raise ValueError(f"CrossCovarianceMetric needs at least 2 rows in total, got {int(self.n)}; "
-                             "call update() with more probe data before compute()")
+            raise ValueError(
+                f"CrossCovarianceMetric needs at least 2 rows in total, got {int(self.n)}; "
+                "call update() with more probe data before compute()"
+            )
         return cross_covariance_from_stats(self.n, self.sum_x, self.sum_y, self.sum_yx)
 
     def compute(self) -> dict[str, torch.Tensor]:

@@ -15,6 +15,7 @@ disabled inside the covariance, because a covariance summed over a batch of 256 
 digits. No function here synchronises with the host (no ``.item()``, no data-dependent checks), so they are
 safe in the training hot path; only shapes and arguments are validated.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -251,15 +252,25 @@ PENALTIES: dict[str, PenaltySpec] = {
     "cross_cov": PenaltySpec(cross_cov_penalty, "features"),
     "feature_dot": PenaltySpec(feature_dot_penalty, "features"),
     "weighted_cross_cov": PenaltySpec(weighted_cross_cov_penalty, "head_weighted", invariant=True),
-    "grad_cross_cov": PenaltySpec(grad_cross_cov_penalty, "input_gradients",
-                                  {"beta": "grad_beta", "cap": "grad_cap"}, raw=grad_cross_cov_raw, invariant=True),
+    "grad_cross_cov": PenaltySpec(
+        grad_cross_cov_penalty,
+        "input_gradients",
+        {"beta": "grad_beta", "cap": "grad_cap"},
+        raw=grad_cross_cov_raw,
+        invariant=True,
+    ),
 }
 """The one registry: name -> :class:`PenaltySpec`. ``model.c4.penalty`` accepts exactly these names."""
 
 
-def register_penalty(name: str, fn: Callable[..., torch.Tensor], inputs: str = "features",
-                     options: dict | None = None, raw: Callable[..., torch.Tensor] | None = None,
-                     invariant: bool = False) -> PenaltySpec:
+def register_penalty(
+    name: str,
+    fn: Callable[..., torch.Tensor],
+    inputs: str = "features",
+    options: dict | None = None,
+    raw: Callable[..., torch.Tensor] | None = None,
+    invariant: bool = False,
+) -> PenaltySpec:
     """Add a penalty to the registry (a new penalty = one function + this call); returns its spec."""
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"penalty name must be an identifier, got {name!r}")

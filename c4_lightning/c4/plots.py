@@ -3,6 +3,7 @@
 Figures are built with ``matplotlib.figure.Figure`` and drawn on an Agg canvas directly, without pyplot, so
 they work headless, never touch the global backend and are freed with the object.
 """
+
 from __future__ import annotations
 
 import matplotlib
@@ -22,16 +23,25 @@ def _np(x, name: str) -> np.ndarray:
     return x
 
 
-def _scatter_by(ax, pts: np.ndarray, codes: np.ndarray, names: list[str], title: str, palette: str,
-                sizes: list[int] | None) -> None:
+def _scatter_by(
+    ax, pts: np.ndarray, codes: np.ndarray, names: list[str], title: str, palette: str, sizes: list[int] | None
+) -> None:
     cmap = matplotlib.colormaps[palette]
     colours = [cmap(i % cmap.N) for i in range(len(names))]
     for i, name in enumerate(names):
         m = codes == i
         if m.any():
             count = int(sizes[i]) if sizes is not None else int(m.sum())
-            ax.scatter(pts[m, 0], pts[m, 1], s=4, alpha=0.6, color=colours[i], label=f"{name} ({count:,})",
-                       rasterized=True, linewidths=0)
+            ax.scatter(
+                pts[m, 0],
+                pts[m, 1],
+                s=4,
+                alpha=0.6,
+                color=colours[i],
+                label=f"{name} ({count:,})",
+                rasterized=True,
+                linewidths=0,
+            )
     ax.set_title(title)
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
@@ -43,8 +53,17 @@ CLUSTER_PALETTE, SOURCE_PALETTE = "Dark2", "tab10"
 """Different palettes for the two panels, so "cluster 0" and "source 0" never share a colour by accident."""
 
 
-def cluster_scatter_figure(points_2d, labels, sources=None, source_names=None, max_points: int = 5000,
-                           seed: int = 0, cluster_sizes=None, source_sizes=None, title: str | None = None) -> Figure:
+def cluster_scatter_figure(
+    points_2d,
+    labels,
+    sources=None,
+    source_names=None,
+    max_points: int = 5000,
+    seed: int = 0,
+    cluster_sizes=None,
+    source_sizes=None,
+    title: str | None = None,
+) -> Figure:
     """Two panels of the same 2-D points: coloured by cluster label and coloured by source dataset.
 
     Args:
@@ -69,13 +88,15 @@ def cluster_scatter_figure(points_2d, labels, sources=None, source_names=None, m
     else:
         src = _np(sources, "sources")
         if src.shape != (n,) or not np.issubdtype(src.dtype, np.integer) or (n and src.min() < 0):
-            raise ValueError(f"sources must be non-negative ints of shape ({n},), "
-                             f"got dtype {src.dtype} shape {src.shape}")
+            raise ValueError(
+                f"sources must be non-negative ints of shape ({n},), got dtype {src.dtype} shape {src.shape}"
+            )
         n_src = int(src.max()) + 1 if n else 0
         names = list(source_names) if source_names is not None else [f"source {i}" for i in range(n_src)]
         if len(names) < n_src:
-            raise ValueError(f"source_names has {len(names)} names but sources go up to {n_src - 1}; "
-                             "give one name per source id")
+            raise ValueError(
+                f"source_names has {len(names)} names but sources go up to {n_src - 1}; give one name per source id"
+            )
     if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 1:
         raise ValueError(f"max_points must be a positive int, got {max_points!r}")
     n_clusters = int(lab.max()) + 1 if lab.size else 0
@@ -90,8 +111,9 @@ def cluster_scatter_figure(points_2d, labels, sources=None, source_names=None, m
     fig = Figure(figsize=(10, 4.8), dpi=80)
     FigureCanvasAgg(fig)
     ax_c, ax_s = fig.subplots(1, 2, sharex=True, sharey=True)
-    _scatter_by(ax_c, pts, lab, [f"cluster {k}" for k in range(n_clusters)], "by cluster", CLUSTER_PALETTE,
-                list(cluster_sizes))
+    _scatter_by(
+        ax_c, pts, lab, [f"cluster {k}" for k in range(n_clusters)], "by cluster", CLUSTER_PALETTE, list(cluster_sizes)
+    )
     _scatter_by(ax_s, pts, src, names, "by source dataset", SOURCE_PALETTE, list(source_sizes))
     if title:
         fig.suptitle(title, fontsize=10)

@@ -16,6 +16,7 @@ that penalty declares (features, head-weighted features or input gradients), and
 It also supplies the refit callback (:meth:`callbacks`) and hands partitions to the sampler (:meth:`hand_off`).
 What it needs from the module and the datamodule is written down in :class:`C4Module` and :class:`C4DataModule`.
 """
+
 from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
@@ -85,7 +86,7 @@ def trajectory_tail_members(labels: np.ndarray, episode_ids: np.ndarray, n_clust
         for s, e in zip(starts, ends):
             hit = np.flatnonzero(mask[s:e])
             if hit.size:
-                mask[s + hit[-1]:e] = True
+                mask[s + hit[-1] : e] = True
         members.append(np.flatnonzero(mask))
     return members
 
@@ -113,16 +114,22 @@ class C4:
 
     # ------------------------------------------------------------------ the two calls an algorithm makes
     @torch.no_grad()
-    def target_q(self, critic_target: torch.nn.Module, next_obs: torch.Tensor, next_act: torch.Tensor,
-                 data_next_act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def target_q(
+        self,
+        critic_target: torch.nn.Module,
+        next_obs: torch.Tensor,
+        next_act: torch.Tensor,
+        data_next_act: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The target critic's Q at ``(s', next_act)`` ``[E, B]`` for the backup and, when the penalty needs them,
         its features at the dataset's ``(s', data_next_act)`` ``[E, B, H]`` from the same forward pass (one batched
         product per layer for both); else ``None``."""
         if not self.needs_target_features():
             return critic_target(next_obs, next_act), None
         b, m = next_obs.shape[0], self._rows(next_obs.shape[0])
-        q, feats = critic_target(torch.cat([next_obs, next_obs[:m]]), torch.cat([next_act, data_next_act[:m]]),
-                                 return_features=True)
+        q, feats = critic_target(
+            torch.cat([next_obs, next_obs[:m]]), torch.cat([next_act, data_next_act[:m]]), return_features=True
+        )
         return q[:, :b], feats[:, b:]
 
     def _rows(self, batch_size: int) -> int:
@@ -130,8 +137,15 @@ class C4:
         m = self.config.penalty_rows
         return batch_size if m is None else min(int(m), batch_size)
 
-    def penalty(self, module: C4Module, batch: dict[str, torch.Tensor], feats: torch.Tensor,
-                next_feats: torch.Tensor | None, td_loss: torch.Tensor, logs: dict[str, Any]) -> torch.Tensor | float:
+    def penalty(
+        self,
+        module: C4Module,
+        batch: dict[str, torch.Tensor],
+        feats: torch.Tensor,
+        next_feats: torch.Tensor | None,
+        td_loss: torch.Tensor,
+        logs: dict[str, Any],
+    ) -> torch.Tensor | float:
         """``penalty_weight * sum over critics of the penalty`` (``0.0`` when inactive). ``feats`` are the online
         critic's features at ``(s, a)`` from the TD forward pass; ``next_feats`` what :meth:`target_q` returned."""
         if not self.active:
@@ -154,13 +168,16 @@ class C4:
             cap = options.get("cap")
             if cap is not None and not self._warned_cap and bool((raw > cap).any()):
                 self._warned_cap = True
-                rank_zero_warn(f"C4 penalty {self.config.penalty}: raw value {float(raw.max()):.3g} is above its cap "
-                               f"{cap:g}, where the capped penalty's gradient fades; raise model.c4.grad_cap "
-                               "(c4/penalty_raw shows the raw value)")
+                rank_zero_warn(
+                    f"C4 penalty {self.config.penalty}: raw value {float(raw.max()):.3g} is above its cap "
+                    f"{cap:g}, where the capped penalty's gradient fades; raise model.c4.grad_cap "
+                    "(c4/penalty_raw shows the raw value)"
+                )
         return weighted
 
-    def inputs(self, module: C4Module, batch: dict[str, torch.Tensor], feats: torch.Tensor,
-               next_feats: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def inputs(
+        self, module: C4Module, batch: dict[str, torch.Tensor], feats: torch.Tensor, next_feats: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The (online, target) pair the active penalty is computed on; the target side carries no gradient."""
         kind = self.spec.inputs
         backup = module.backup_network()
@@ -192,8 +209,9 @@ class C4:
         overlapping members."""
         if self.config.extend_with_trajectory_tail:
             episode_ids = datamodule.transitions.episode_ids.cpu().numpy()
-            datamodule.set_cluster_members(trajectory_tail_members(np.asarray(labels), episode_ids,
-                                                                   self.config.n_clusters))
+            datamodule.set_cluster_members(
+                trajectory_tail_members(np.asarray(labels), episode_ids, self.config.n_clusters)
+            )
         else:
             datamodule.set_cluster_labels(torch.as_tensor(labels))
 

@@ -18,6 +18,7 @@ Modules, one concept each:
 Nothing here imports Stable-Baselines3, Minari or Gymnasium until it is used, so the package imports
 without the optional extra ``collect``.
 """
+
 from c4_lightning.collect.builders import (
     DEFAULT_EXPERT_STEPS,
     DEFAULT_MEDIUM_STEPS,

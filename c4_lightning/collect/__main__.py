@@ -1,4 +1,5 @@
 """``python -m c4_lightning.collect``: the same as ``c4-collect``."""
+
 import sys
 
 from c4_lightning.collect.cli import main

@@ -1,4 +1,5 @@
 """Progress bars and loud notes on the console."""
+
 from __future__ import annotations
 
 import sys

@@ -8,6 +8,7 @@ the medium checkpoint), ``medium-expert`` (the medium and expert datasets concat
 transitions). Each builder describes its dataset by a *plan* (its settings and checkpoints): a
 dataset that already exists, reloads cleanly and was made with the same plan is skipped.
 """
+
 from __future__ import annotations
 
 import json
@@ -100,23 +101,48 @@ class Recording:
     summaries: dict[str, dict] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, env_id: str, out_dir: str | Path, datasets_dir: str | Path, namespace: str | None, seed: int,
-              max_mb: float, overwrite: bool, progress: bool, command: str | None) -> Recording:
+    def start(
+        cls,
+        env_id: str,
+        out_dir: str | Path,
+        datasets_dir: str | Path,
+        namespace: str | None,
+        seed: int,
+        max_mb: float,
+        overwrite: bool,
+        progress: bool,
+        command: str | None,
+    ) -> Recording:
         out = Path(out_dir).resolve()
         table = load_checkpoint_table(out)
         expert = best_checkpoint(table)
         common = {
-            "collector": "c4_lightning.collect", "collector_version": package_version("c4_lightning"),
-            "command": command or "c4-collect record (called from Python)", "seed": seed, "env_id": env_id,
+            "collector": "c4_lightning.collect",
+            "collector_version": package_version("c4_lightning"),
+            "command": command or "c4-collect record (called from Python)",
+            "seed": seed,
+            "env_id": env_id,
             "behaviour_run_dir": str(out_dir),
-            "versions": {k: package_version(k)
-                         for k in ("minari", "gymnasium", "mujoco", "stable_baselines3", "torch")},
-            "train_config": load_train_config(out), "storage": STORAGE_LAYOUT,
+            "versions": {
+                k: package_version(k) for k in ("minari", "gymnasium", "mujoco", "stable_baselines3", "torch")
+            },
+            "train_config": load_train_config(out),
+            "storage": STORAGE_LAYOUT,
         }
-        return cls(env_id=env_id, out=out, datasets_dir=Path(datasets_dir).resolve(),
-                   namespace=namespace or env_family(env_id), seed=seed, max_mb=max_mb, overwrite=overwrite,
-                   progress=progress, table=table, expert_checkpoint=expert, common_provenance=common,
-                   ref=reference_scores(env_id))
+        return cls(
+            env_id=env_id,
+            out=out,
+            datasets_dir=Path(datasets_dir).resolve(),
+            namespace=namespace or env_family(env_id),
+            seed=seed,
+            max_mb=max_mb,
+            overwrite=overwrite,
+            progress=progress,
+            table=table,
+            expert_checkpoint=expert,
+            common_provenance=common,
+            ref=reference_scores(env_id),
+        )
 
     def dataset_id(self, name: str) -> str:
         return dataset_id(self.namespace, name)
@@ -135,13 +161,28 @@ class Recording:
         return plan
 
     def policy_plan(self, kind: str, checkpoint: dict, steps: int) -> dict:
-        return {"kind": kind, "env_id": self.env_id, "seed": self.seed, "steps": steps,
-                "checkpoint": checkpoint["path"], "checkpoint_steps": checkpoint["steps"], "deterministic": False,
-                "storage": STORAGE_LAYOUT}
+        return {
+            "kind": kind,
+            "env_id": self.env_id,
+            "seed": self.seed,
+            "steps": steps,
+            "checkpoint": checkpoint["path"],
+            "checkpoint_steps": checkpoint["steps"],
+            "deterministic": False,
+            "storage": STORAGE_LAYOUT,
+        }
 
-    def make_dataset(self, name: str, plan: dict, build: Callable[[], tuple[list, list[bool], dict]], *,
-                     algorithm: str, describe: Callable[[dict], str], sources: list[str] | None = None,
-                     size_flag: str = "") -> dict:
+    def make_dataset(
+        self,
+        name: str,
+        plan: dict,
+        build: Callable[[], tuple[list, list[bool], dict]],
+        *,
+        algorithm: str,
+        describe: Callable[[dict], str],
+        sources: list[str] | None = None,
+        size_flag: str = "",
+    ) -> dict:
         """Skip dataset ``name`` if it exists with the same ``plan``; otherwise ``build()`` its
         ``(episodes, was_cut, extra_provenance)``, write and check it. Returns its summary."""
         ds_id = self.dataset_id(name)
@@ -153,17 +194,38 @@ class Recording:
         episodes, cut, extra = build()
         stats = episode_stats(episodes, cut)
         ref_min, ref_max = self.ref_scores()
-        provenance = {**self.common_provenance, "dataset_id": ds_id, "kind": name, "plan": _jsonable(plan),
-                      "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      "num_steps": stats["steps"], "num_episodes": stats["episodes"], "episode_returns": stats,
-                      "normalized_episode_return_mean": float(normalized_score(stats["return_mean"], ref_min, ref_max)),
-                      **extra}
-        summary = write_dataset(self.datasets_dir, ds_id, episodes, env_id=self.env_id, ref_min=ref_min,
-                                ref_max=ref_max, algorithm_name=algorithm, description=describe(stats),
-                                provenance=provenance, source_names=sources or [ds_id], max_mb=self.max_mb,
-                                size_flag=size_flag, progress=self.progress)
-        print(f"[c4-collect] {ds_id}: {summary['steps']} steps, {summary['episodes']} episodes, "
-              f"{summary['bytes'] / 1e6:.2f} MB, mean episode return {stats['return_mean']:.1f}", flush=True)
+        provenance = {
+            **self.common_provenance,
+            "dataset_id": ds_id,
+            "kind": name,
+            "plan": _jsonable(plan),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "num_steps": stats["steps"],
+            "num_episodes": stats["episodes"],
+            "episode_returns": stats,
+            "normalized_episode_return_mean": float(normalized_score(stats["return_mean"], ref_min, ref_max)),
+            **extra,
+        }
+        summary = write_dataset(
+            self.datasets_dir,
+            ds_id,
+            episodes,
+            env_id=self.env_id,
+            ref_min=ref_min,
+            ref_max=ref_max,
+            algorithm_name=algorithm,
+            description=describe(stats),
+            provenance=provenance,
+            source_names=sources or [ds_id],
+            max_mb=self.max_mb,
+            size_flag=size_flag,
+            progress=self.progress,
+        )
+        print(
+            f"[c4-collect] {ds_id}: {summary['steps']} steps, {summary['episodes']} episodes, "
+            f"{summary['bytes'] / 1e6:.2f} MB, mean episode return {stats['return_mean']:.1f}",
+            flush=True,
+        )
         self.summaries[ds_id] = summary
         return summary
 
@@ -188,9 +250,13 @@ class BehaviourPolicies:
 
 
 def _checkpoint_info(row: dict, ref_min: float, ref_max: float) -> dict:
-    return {"steps": row["steps"], "path": row["path"], "return_mean": row["return_mean"],
-            "return_std": row["return_std"],
-            "normalized_score": float(normalized_score(row["return_mean"], ref_min, ref_max))}
+    return {
+        "steps": row["steps"],
+        "path": row["path"],
+        "return_mean": row["return_mean"],
+        "return_std": row["return_std"],
+        "normalized_score": float(normalized_score(row["return_mean"], ref_min, ref_max)),
+    }
 
 
 def choose_behaviour(rec: Recording, medium_fraction: float, expert_min_score: float) -> BehaviourPolicies:
@@ -199,25 +265,44 @@ def choose_behaviour(rec: Recording, medium_fraction: float, expert_min_score: f
     ref_min, ref_max = rec.ref_scores()
     choice = select_checkpoints(rec.table, medium_fraction, ref_min, ref_max)
     expert, medium = rec.expert_checkpoint, choice["medium"]
-    print(f"[c4-collect] expert checkpoint: {expert['steps']} env steps (return {expert['return_mean']:.1f}); "
-          f"medium: {medium['steps']} env steps (return {medium['return_mean']:.1f}, target "
-          f"{choice['medium_target_return']:.1f})", flush=True)
+    print(
+        f"[c4-collect] expert checkpoint: {expert['steps']} env steps (return {expert['return_mean']:.1f}); "
+        f"medium: {medium['steps']} env steps (return {medium['return_mean']:.1f}, target "
+        f"{choice['medium_target_return']:.1f})",
+        flush=True,
+    )
     med_info, exp_info = _checkpoint_info(medium, ref_min, ref_max), _checkpoint_info(expert, ref_min, ref_max)
     curve = [[r["steps"], r["return_mean"], r["return_std"]] for r in rec.table]
     below = rec.ref is not None and exp_info["normalized_score"] < expert_min_score
     if below:
-        loud(f"NOTE: the best SAC checkpoint ({expert['steps']} env steps) has evaluated return "
-             f"{expert['return_mean']:.1f}, normalised score {exp_info['normalized_score']:.1f} < "
-             f"--expert-min-score {expert_min_score:g}.\n{rec.dataset_id('expert')} keeps its id for config stability, "
-             "but it is NOT D4RL-expert level: its description and provenance (expert_below_min_score) say so.")
+        loud(
+            f"NOTE: the best SAC checkpoint ({expert['steps']} env steps) has evaluated return "
+            f"{expert['return_mean']:.1f}, normalised score {exp_info['normalized_score']:.1f} < "
+            f"--expert-min-score {expert_min_score:g}.\n{rec.dataset_id('expert')} keeps its id for config stability, "
+            "but it is NOT D4RL-expert level: its description and provenance (expert_below_min_score) say so."
+        )
     if medium["steps"] == expert["steps"]:
-        loud(f"NOTE: the medium and expert checkpoints are the same ({expert['steps']} env steps): "
-             "train longer for distinct behaviour policies.")
-    provenance = {"checkpoints": {"medium": med_info, "expert": exp_info}, "checkpoint_curve": curve,
-                  "medium_target_return": choice["medium_target_return"], "medium_fraction": medium_fraction,
-                  "expert_min_score": expert_min_score, "expert_below_min_score": bool(below)}
-    return BehaviourPolicies(medium=medium, expert=expert, medium_info=med_info, expert_info=exp_info,
-                             expert_min_score=expert_min_score, below_expert_level=below, provenance=provenance)
+        loud(
+            f"NOTE: the medium and expert checkpoints are the same ({expert['steps']} env steps): "
+            "train longer for distinct behaviour policies."
+        )
+    provenance = {
+        "checkpoints": {"medium": med_info, "expert": exp_info},
+        "checkpoint_curve": curve,
+        "medium_target_return": choice["medium_target_return"],
+        "medium_fraction": medium_fraction,
+        "expert_min_score": expert_min_score,
+        "expert_below_min_score": bool(below),
+    }
+    return BehaviourPolicies(
+        medium=medium,
+        expert=expert,
+        medium_info=med_info,
+        expert_info=exp_info,
+        expert_min_score=expert_min_score,
+        below_expert_level=below,
+        provenance=provenance,
+    )
 
 
 # --------------------------------------------------------------------------- one builder per kind
@@ -227,8 +312,9 @@ def record_random(rec: Recording, steps: int) -> dict:
     ds_id = rec.dataset_id("random")
 
     def build():
-        episodes, cut = rollout_episodes(rec.env_id, steps, seed=[rec.seed, _SEED_STREAMS["random"]],
-                                         desc=f"{ds_id} rollouts", progress=rec.progress)
+        episodes, cut = rollout_episodes(
+            rec.env_id, steps, seed=[rec.seed, _SEED_STREAMS["random"]], desc=f"{ds_id} rollouts", progress=rec.progress
+        )
         if rec.ref is None:
             stats = episode_stats(episodes, cut)
             rec.random_ref_min = stats.get("uncut_return_mean", stats["return_mean"])
@@ -238,11 +324,17 @@ def record_random(rec: Recording, steps: int) -> dict:
     if rec.ref is None and final.exists() and not rec.overwrite:
         rec.random_ref_min = json.loads((final / "data" / "metadata.json").read_text())["ref_min_score"]
     return rec.make_dataset(
-        "random", rec.random_plan(steps), build, algorithm="uniform random policy (action_space.sample())",
-        describe=lambda st: f"{rec.env_id} uniform random actions: {st['steps']} transitions, "
-                            f"{st['episodes']} episodes (mean episode return {st['return_mean']:.1f}). "
-                            "Made by c4-collect.",
-        size_flag="--random-steps")
+        "random",
+        rec.random_plan(steps),
+        build,
+        algorithm="uniform random policy (action_space.sample())",
+        describe=lambda st: (
+            f"{rec.env_id} uniform random actions: {st['steps']} transitions, "
+            f"{st['episodes']} episodes (mean episode return {st['return_mean']:.1f}). "
+            "Made by c4-collect."
+        ),
+        size_flag="--random-steps",
+    )
 
 
 def _record_checkpoint_rollouts(rec: Recording, beh: BehaviourPolicies, kind: str, steps: int) -> dict:
@@ -252,25 +344,46 @@ def _record_checkpoint_rollouts(rec: Recording, beh: BehaviourPolicies, kind: st
     def build():
         rng = np.random.default_rng([rec.seed, _SEED_STREAMS[kind]])
         policy = load_sac_policy(rec.out / row["path"], seed=int(rng.integers(2**31 - 1)))
-        episodes, cut = rollout_episodes(rec.env_id, steps, seed=int(rng.integers(2**31 - 1)), policy=policy,
-                                         desc=f"{rec.dataset_id(kind)} rollouts", progress=rec.progress)
-        return episodes, cut, {"behaviour": {"policy": f"SB3-SAC checkpoint {row['path']}", "deterministic": False,
-                                             **info}, **beh.provenance}
+        episodes, cut = rollout_episodes(
+            rec.env_id,
+            steps,
+            seed=int(rng.integers(2**31 - 1)),
+            policy=policy,
+            desc=f"{rec.dataset_id(kind)} rollouts",
+            progress=rec.progress,
+        )
+        return (
+            episodes,
+            cut,
+            {
+                "behaviour": {"policy": f"SB3-SAC checkpoint {row['path']}", "deterministic": False, **info},
+                **beh.provenance,
+            },
+        )
 
     def describe(st):
         note = ""
         if kind == "expert" and beh.below_expert_level:
-            note = (f" NOTE: below expert level (normalised {info['normalized_score']:.1f} "
-                    f"< {beh.expert_min_score:g}); the id is kept for config stability.")
-        return (f"{rec.env_id} {kind}: {st['steps']} transitions ({st['episodes']} episodes) of the SB3-SAC checkpoint "
-                f"at {info['steps']} env steps with stochastic actions; that checkpoint's evaluated return "
-                f"{info['return_mean']:.1f} +- {info['return_std']:.1f} (deterministic, normalised "
-                f"{info['normalized_score']:.1f}); mean episode return in the data {st['return_mean']:.1f}.{note} "
-                "Made by c4-collect.")
+            note = (
+                f" NOTE: below expert level (normalised {info['normalized_score']:.1f} "
+                f"< {beh.expert_min_score:g}); the id is kept for config stability."
+            )
+        return (
+            f"{rec.env_id} {kind}: {st['steps']} transitions ({st['episodes']} episodes) of the SB3-SAC checkpoint "
+            f"at {info['steps']} env steps with stochastic actions; that checkpoint's evaluated return "
+            f"{info['return_mean']:.1f} +- {info['return_std']:.1f} (deterministic, normalised "
+            f"{info['normalized_score']:.1f}); mean episode return in the data {st['return_mean']:.1f}.{note} "
+            "Made by c4-collect."
+        )
 
-    return rec.make_dataset(kind, rec.policy_plan(kind, row, steps), build,
-                            algorithm=f"SB3-SAC (checkpoint at {row['steps']} env steps, stochastic actions)",
-                            describe=describe, size_flag=f"--{kind}-steps")
+    return rec.make_dataset(
+        kind,
+        rec.policy_plan(kind, row, steps),
+        build,
+        algorithm=f"SB3-SAC (checkpoint at {row['steps']} env steps, stochastic actions)",
+        describe=describe,
+        size_flag=f"--{kind}-steps",
+    )
 
 
 def record_medium(rec: Recording, beh: BehaviourPolicies, steps: int) -> dict:
@@ -297,30 +410,58 @@ def record_medium_replay(rec: Recording, beh: BehaviourPolicies, max_steps: int)
     buffer = load_from_pkl(buffer_path)
     entries = min(medium["steps"], buffer.buffer_size if buffer.full else buffer.pos)
     if entries < medium["steps"]:
-        loud(f"NOTE: the replay buffer holds {entries} entries, fewer than the medium checkpoint's "
-             f"{medium['steps']} env steps (a buffer saved by an older c4-collect misses its newest step): "
-             f"medium-replay uses entries [0, {entries}).")
-    plan = {"kind": "medium-replay", "env_id": rec.env_id, "seed": rec.seed, "upto_steps": medium["steps"],
-            "entries": entries, "max_steps": max_steps, "storage": STORAGE_LAYOUT}
+        loud(
+            f"NOTE: the replay buffer holds {entries} entries, fewer than the medium checkpoint's "
+            f"{medium['steps']} env steps (a buffer saved by an older c4-collect misses its newest step): "
+            f"medium-replay uses entries [0, {entries})."
+        )
+    plan = {
+        "kind": "medium-replay",
+        "env_id": rec.env_id,
+        "seed": rec.seed,
+        "upto_steps": medium["steps"],
+        "entries": entries,
+        "max_steps": max_steps,
+        "storage": STORAGE_LAYOUT,
+    }
 
     def build():
         space = gym.make(rec.env_id).action_space
         draw_seed = int(np.random.default_rng([rec.seed, _SEED_STREAMS["medium-replay"]]).integers(2**31 - 1))
-        episodes, cut, info = replay_buffer_episodes(buffer, medium["steps"], action_space=space, max_steps=max_steps,
-                                                     seed=draw_seed, progress=rec.progress)
+        episodes, cut, info = replay_buffer_episodes(
+            buffer, medium["steps"], action_space=space, max_steps=max_steps, seed=draw_seed, progress=rec.progress
+        )
         info.pop("episodes_kept", None)
-        return episodes, cut, {
-            "behaviour": {"policy": "SB3-SAC replay buffer (training data up to the medium checkpoint)",
-                          "replay": info, **beh.medium_info},
-            **beh.provenance}
+        return (
+            episodes,
+            cut,
+            {
+                "behaviour": {
+                    "policy": "SB3-SAC replay buffer (training data up to the medium checkpoint)",
+                    "replay": info,
+                    **beh.medium_info,
+                },
+                **beh.provenance,
+            },
+        )
 
     return rec.make_dataset(
-        "medium-replay", plan, build, algorithm=f"SB3-SAC replay buffer, env steps [0, {entries})",
-        describe=lambda st: f"{rec.env_id} medium-replay: {st['steps']} transitions ({st['episodes']} episodes) "
-                            f"from the SAC replay buffer up to the medium checkpoint at {medium['steps']} env steps"
-                            + (f" (whole episodes drawn at random down to --replay-max-steps {max_steps})"
-                               if entries > max_steps else "") + ". Made by c4-collect.",
-        size_flag="--replay-max-steps")
+        "medium-replay",
+        plan,
+        build,
+        algorithm=f"SB3-SAC replay buffer, env steps [0, {entries})",
+        describe=lambda st: (
+            f"{rec.env_id} medium-replay: {st['steps']} transitions ({st['episodes']} episodes) "
+            f"from the SAC replay buffer up to the medium checkpoint at {medium['steps']} env steps"
+            + (
+                f" (whole episodes drawn at random down to --replay-max-steps {max_steps})"
+                if entries > max_steps
+                else ""
+            )
+            + ". Made by c4-collect."
+        ),
+        size_flag="--replay-max-steps",
+    )
 
 
 def record_medium_expert(rec: Recording, beh: BehaviourPolicies, medium_steps: int, expert_steps: int) -> dict:
@@ -336,24 +477,40 @@ def record_medium_expert(rec: Recording, beh: BehaviourPolicies, medium_steps: i
                 cut.append(False)
         return episodes, cut, {"behaviour": {"policy": "medium + expert datasets concatenated"}, **beh.provenance}
 
-    plan = {"kind": "medium-expert", "sources": [rec.policy_plan("medium", beh.medium, medium_steps),
-                                                 rec.policy_plan("expert", beh.expert, expert_steps)]}
+    plan = {
+        "kind": "medium-expert",
+        "sources": [
+            rec.policy_plan("medium", beh.medium, medium_steps),
+            rec.policy_plan("expert", beh.expert, expert_steps),
+        ],
+    }
     return rec.make_dataset(
-        "medium-expert", plan, build, algorithm="SB3-SAC (medium + expert checkpoints, stochastic actions)",
-        describe=lambda st: f"{rec.env_id} medium-expert: all of {sources[0]} followed by all of {sources[1]} "
-                            f"({st['steps']} transitions); per-step infos['source'] labels index source_names. "
-                            "Made by c4-collect.",
-        sources=sources, size_flag="--medium-steps/--expert-steps")
+        "medium-expert",
+        plan,
+        build,
+        algorithm="SB3-SAC (medium + expert checkpoints, stochastic actions)",
+        describe=lambda st: (
+            f"{rec.env_id} medium-expert: all of {sources[0]} followed by all of {sources[1]} "
+            f"({st['steps']} transitions); per-step infos['source'] labels index source_names. "
+            "Made by c4-collect."
+        ),
+        sources=sources,
+        size_flag="--medium-steps/--expert-steps",
+    )
 
 
-def record_mixture(rec: Recording, beh: BehaviourPolicies, n: int, random_steps: int, medium_steps: int,
-                   expert_steps: int) -> dict:
+def record_mixture(
+    rec: Recording, beh: BehaviourPolicies, n: int, random_steps: int, medium_steps: int, expert_steps: int
+) -> dict:
     """``random-medium-expert-<n>``: exactly ``n`` transitions, a third each (the remainder to the first shares) of
     whole episodes drawn at random from the random, medium and expert datasets, the last of each share cut to
     hit the count; every step labelled with its source. Reads the three datasets, so they must be made first."""
     sources = [rec.dataset_id(kind) for kind in _MIXTURE_KINDS]
-    plans = [rec.random_plan(random_steps), rec.policy_plan("medium", beh.medium, medium_steps),
-             rec.policy_plan("expert", beh.expert, expert_steps)]
+    plans = [
+        rec.random_plan(random_steps),
+        rec.policy_plan("medium", beh.medium, medium_steps),
+        rec.policy_plan("expert", beh.expert, expert_steps),
+    ]
     shares = [n // 3 + (1 if i < n % 3 else 0) for i in range(3)]
     name = mixture_name(n)
 
@@ -364,26 +521,42 @@ def record_mixture(rec: Recording, beh: BehaviourPolicies, n: int, random_steps:
             pool = read_episodes(rec.datasets_dir / source / "data")
             held = sum(len(e.rewards) for e in pool)
             if held < share:
-                raise SystemExit(f"{rec.dataset_id(name)} needs {share} transitions of {source}, "
-                                 f"which holds {held}: lower --sizes or raise --{kind}-steps")
+                raise SystemExit(
+                    f"{rec.dataset_id(name)} needs {share} transitions of {source}, "
+                    f"which holds {held}: lower --sizes or raise --{kind}-steps"
+                )
             drawn = take_whole_episodes(pool, share, rng)
             drawn_ids[source] = [i for i, _, _ in drawn]
             for _, ep, was_cut in drawn:
                 episodes.append(with_source(ep, src))
                 cut.append(was_cut)
-        return episodes, cut, {"behaviour": {"policy": "equal shares of whole episodes of random, medium, expert",
-                                             "shares": dict(zip(sources, shares)), "episodes": drawn_ids},
-                               **beh.provenance}
+        return (
+            episodes,
+            cut,
+            {
+                "behaviour": {
+                    "policy": "equal shares of whole episodes of random, medium, expert",
+                    "shares": dict(zip(sources, shares)),
+                    "episodes": drawn_ids,
+                },
+                **beh.provenance,
+            },
+        )
 
     return rec.make_dataset(
-        name, {"kind": "mixture", "total": n, "seed": rec.seed, "sources": plans}, build,
+        name,
+        {"kind": "mixture", "total": n, "seed": rec.seed, "sources": plans},
+        build,
         algorithm="uniform random + SB3-SAC (medium and expert checkpoints, stochastic actions)",
         describe=lambda st: (
             f"{rec.env_id} random-medium-expert mixture of exactly {n} transitions: "
             f"{shares[0]}/{shares[1]}/{shares[2]} transitions of whole episodes (the last of each share cut, marked "
             f"truncated) from {', '.join(sources)}; "
-            "per-step infos['source'] labels index source_names. Made by c4-collect."),
-        sources=sources, size_flag="--sizes")
+            "per-step infos['source'] labels index source_names. Made by c4-collect."
+        ),
+        sources=sources,
+        size_flag="--sizes",
+    )
 
 
 # --------------------------------------------------------------------------- all of them

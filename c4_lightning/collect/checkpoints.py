@@ -4,6 +4,7 @@
 ``steps``, ``path``, ``return_mean``, ``return_std``, ``time``) and ``<run>/train_config.json``;
 ``c4-collect record`` reads them and picks its *expert* and *medium* checkpoints from the table.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,9 @@ def best_checkpoint(table: list[dict]) -> dict:
     return max(table, key=lambda r: (r["return_mean"], -r["steps"]))
 
 
-def select_checkpoints(table: list[dict], medium_fraction: float = 1 / 3, ref_min: float | None = None,
-                       ref_max: float | None = None) -> dict:
+def select_checkpoints(
+    table: list[dict], medium_fraction: float = 1 / 3, ref_min: float | None = None, ref_max: float | None = None
+) -> dict:
     """Pick the *expert* (best evaluated return) and *medium* checkpoints from the checkpoint table.
 
     *medium* is the checkpoint, not later than the expert one, whose evaluated return is closest to

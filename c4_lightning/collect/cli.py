@@ -34,6 +34,7 @@ Example (what made the embedded Hopper datasets; see datasets/README.md)::
         --checkpoint-every 10000 --seed 0
     c4-collect record --env Hopper-v5 --out-dir runs/collect/hopper --datasets-dir datasets --seed 0
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,10 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--no-progress", action="store_true")
 
-    r = sub.add_parser("record", help="write the Minari datasets from a finished (or running) behaviour run",
-                       description="Write random, medium, expert, medium-replay, medium-expert and "
-                                   "random-medium-expert-<N> datasets as <datasets-dir>/<namespace>/<name>-v0 "
-                                   "(Minari's layout), plus <datasets-dir>/<namespace>/PROVENANCE.md.")
+    r = sub.add_parser(
+        "record",
+        help="write the Minari datasets from a finished (or running) behaviour run",
+        description="Write random, medium, expert, medium-replay, medium-expert and "
+        "random-medium-expert-<N> datasets as <datasets-dir>/<namespace>/<name>-v0 "
+        "(Minari's layout), plus <datasets-dir>/<namespace>/PROVENANCE.md.",
+    )
     r.add_argument("--env", required=True, help="Gymnasium env id, e.g. Hopper-v5")
     r.add_argument("--out-dir", required=True, help="the behaviour run's folder (c4-collect train --out-dir)")
     r.add_argument("--datasets-dir", required=True, help="root folder for the datasets, e.g. datasets")
@@ -78,14 +82,31 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--random-steps", type=int, default=DEFAULT_RANDOM_STEPS)
     r.add_argument("--medium-steps", type=int, default=DEFAULT_MEDIUM_STEPS)
     r.add_argument("--expert-steps", type=int, default=DEFAULT_EXPERT_STEPS)
-    r.add_argument("--replay-max-steps", type=int, default=DEFAULT_REPLAY_MAX_STEPS,
-                   help="cap on medium-replay transitions (whole episodes drawn at random above it)")
-    r.add_argument("--sizes", type=int, nargs="+", default=list(DEFAULT_MIX_SIZES),
-                   help="transition counts of the random-medium-expert-<N> mixtures")
-    r.add_argument("--medium-fraction", type=float, default=1 / 3,
-                   help="medium = checkpoint whose return is closest to this fraction of the expert reference return")
-    r.add_argument("--expert-min-score", type=float, default=80.0,
-                   help="normalised score below which the expert dataset is flagged as below expert level")
+    r.add_argument(
+        "--replay-max-steps",
+        type=int,
+        default=DEFAULT_REPLAY_MAX_STEPS,
+        help="cap on medium-replay transitions (whole episodes drawn at random above it)",
+    )
+    r.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_MIX_SIZES),
+        help="transition counts of the random-medium-expert-<N> mixtures",
+    )
+    r.add_argument(
+        "--medium-fraction",
+        type=float,
+        default=1 / 3,
+        help="medium = checkpoint whose return is closest to this fraction of the expert reference return",
+    )
+    r.add_argument(
+        "--expert-min-score",
+        type=float,
+        default=80.0,
+        help="normalised score below which the expert dataset is flagged as below expert level",
+    )
     r.add_argument("--max-mb", type=float, default=MAX_DATASET_MB, help="size limit per dataset on disk (MB)")
     r.add_argument("--overwrite", action="store_true", help="remake datasets that already exist")
     r.add_argument("--threads", type=int, default=1)
@@ -98,20 +119,44 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     require_sb3()
     if args.stage == "train":
-        table = train_behaviour(args.env, args.out_dir, args.total_steps, args.checkpoint_every, args.eval_episodes,
-                                args.learning_starts, args.seed, args.threads, progress=not args.no_progress)
+        table = train_behaviour(
+            args.env,
+            args.out_dir,
+            args.total_steps,
+            args.checkpoint_every,
+            args.eval_episodes,
+            args.learning_starts,
+            args.seed,
+            args.threads,
+            progress=not args.no_progress,
+        )
         best = max(table, key=lambda r: r["return_mean"]) if table else None
-        print(f"done: {len(table)} checkpoints"
-              + (f", best return {best['return_mean']:.1f} at {best['steps']}" if best else ""))
+        print(
+            f"done: {len(table)} checkpoints"
+            + (f", best return {best['return_mean']:.1f} at {best['steps']}" if best else "")
+        )
     elif args.stage == "record":
         summaries = record_datasets(
-            args.env, args.out_dir, args.datasets_dir, namespace=args.namespace, seed=args.seed,
-            random_steps=args.random_steps, medium_steps=args.medium_steps, expert_steps=args.expert_steps,
-            replay_max_steps=args.replay_max_steps, mix_sizes=tuple(args.sizes), medium_fraction=args.medium_fraction,
-            expert_min_score=args.expert_min_score, max_mb=args.max_mb, overwrite=args.overwrite,
-            threads=args.threads, progress=not args.no_progress, command="c4-collect " + shlex.join(argv),
+            args.env,
+            args.out_dir,
+            args.datasets_dir,
+            namespace=args.namespace,
+            seed=args.seed,
+            random_steps=args.random_steps,
+            medium_steps=args.medium_steps,
+            expert_steps=args.expert_steps,
+            replay_max_steps=args.replay_max_steps,
+            mix_sizes=tuple(args.sizes),
+            medium_fraction=args.medium_fraction,
+            expert_min_score=args.expert_min_score,
+            max_mb=args.max_mb,
+            overwrite=args.overwrite,
+            threads=args.threads,
+            progress=not args.no_progress,
+            command="c4-collect " + shlex.join(argv),
         )
         for ds_id, summary in summaries.items():
-            print(f"  {ds_id}: {summary['steps']} steps, {summary['episodes']} episodes, "
-                  f"{summary['bytes'] / 1e6:.2f} MB")
+            print(
+                f"  {ds_id}: {summary['steps']} steps, {summary['episodes']} episodes, {summary['bytes'] / 1e6:.2f} MB"
+            )
     return 0

@@ -1,5 +1,6 @@
 """Episodes as Minari ``EpisodeBuffer``s: recorded from an env, converted from an SB3 replay buffer,
 read back from a dataset, cut to a step count, tagged with their source, drawn whole at random."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,8 +10,9 @@ import numpy as np
 from c4_lightning.collect._progress import progress_bar
 
 
-def make_episode(observations, actions, rewards, terminations, truncations, *, seed=None, infos=None,
-                 action_dtype=np.float32):
+def make_episode(
+    observations, actions, rewards, terminations, truncations, *, seed=None, infos=None, action_dtype=np.float32
+):
     """A Minari ``EpisodeBuffer`` with float32 observations and rewards (``T + 1`` observations, ``T`` steps)."""
     from minari.data_collector import EpisodeBuffer
 
@@ -33,16 +35,31 @@ def truncate_episode(ep, k: int):
     term, trunc = np.array(ep.terminations[:k]), np.array(ep.truncations[:k])
     term[-1], trunc[-1] = False, True
     infos = None if ep.infos is None else {key: np.asarray(v)[: k + 1] for key, v in ep.infos.items()}
-    return make_episode(ep.observations[: k + 1], ep.actions[:k], ep.rewards[:k], term, trunc, seed=ep.seed,
-                        infos=infos, action_dtype=np.asarray(ep.actions).dtype)
+    return make_episode(
+        ep.observations[: k + 1],
+        ep.actions[:k],
+        ep.rewards[:k],
+        term,
+        trunc,
+        seed=ep.seed,
+        infos=infos,
+        action_dtype=np.asarray(ep.actions).dtype,
+    )
 
 
 def with_source(ep, source: int):
     """The episode with every step labelled ``infos['source'] = source`` (int64, ``T + 1`` labels)."""
     t = len(ep.rewards)
-    return make_episode(ep.observations, ep.actions, ep.rewards, ep.terminations, ep.truncations, seed=ep.seed,
-                        infos={"source": np.full(t + 1, source, dtype=np.int64)},
-                        action_dtype=np.asarray(ep.actions).dtype)
+    return make_episode(
+        ep.observations,
+        ep.actions,
+        ep.rewards,
+        ep.terminations,
+        ep.truncations,
+        seed=ep.seed,
+        infos={"source": np.full(t + 1, source, dtype=np.int64)},
+        action_dtype=np.asarray(ep.actions).dtype,
+    )
 
 
 def take_whole_episodes(episodes: list, n_steps: int, rng: np.random.Generator) -> list[tuple[int, object, bool]]:
@@ -64,8 +81,9 @@ def take_whole_episodes(episodes: list, n_steps: int, rng: np.random.Generator) 
     return out
 
 
-def rollout_episodes(env_id: str, n_steps: int, seed, policy=None, desc: str = "rollout",
-                     progress: bool = True) -> tuple[list, list[bool]]:
+def rollout_episodes(
+    env_id: str, n_steps: int, seed, policy=None, desc: str = "rollout", progress: bool = True
+) -> tuple[list, list[bool]]:
     """Exactly ``n_steps`` env steps of ``policy(obs) -> action`` (uniform random actions when None).
 
     Each episode is reset with its own seed drawn from ``seed`` (an int or a sequence of ints, as
@@ -100,8 +118,9 @@ def rollout_episodes(env_id: str, n_steps: int, seed, policy=None, desc: str = "
     return episodes, cut
 
 
-def replay_buffer_episodes(buffer, n_steps: int, action_space=None, max_steps: int | None = None, seed: int = 0,
-                           progress: bool = True) -> tuple[list, list[bool], dict]:
+def replay_buffer_episodes(
+    buffer, n_steps: int, action_space=None, max_steps: int | None = None, seed: int = 0, progress: bool = True
+) -> tuple[list, list[bool], dict]:
     """SB3 ``ReplayBuffer`` entries ``[0, n_steps)`` as Minari episodes.
 
     Episode ends: ``dones=1, timeouts=0`` is a termination, ``dones=1, timeouts=1`` a truncation (time
@@ -114,8 +133,9 @@ def replay_buffer_episodes(buffer, n_steps: int, action_space=None, max_steps: i
     Returns ``(episodes, was_cut, info)``.
     """
     if getattr(buffer, "optimize_memory_usage", False) or getattr(buffer, "next_observations", None) is None:
-        raise SystemExit("the replay buffer was saved with optimize_memory_usage=True; "
-                         "c4-collect needs next_observations")
+        raise SystemExit(
+            "the replay buffer was saved with optimize_memory_usage=True; c4-collect needs next_observations"
+        )
     if buffer.n_envs != 1:
         raise SystemExit(f"the replay buffer holds {buffer.n_envs} parallel envs; c4-collect writes single-env buffers")
     if buffer.full and buffer.pos != 0:
@@ -143,14 +163,21 @@ def replay_buffer_episodes(buffer, n_steps: int, action_space=None, max_steps: i
     starts = np.concatenate([[0], end_idx[:-1] + 1])
     obs_shape = buffer.observations.shape[2:]
     episodes, cut = [], []
-    for s, e in progress_bar(list(zip(starts, end_idx)), desc="replay buffer -> episodes", unit="ep",
-                             disable=not progress, mininterval=1.0):
-        o = np.concatenate([obs[s: e + 1], nxt[e: e + 1]]).reshape(-1, *obs_shape)
-        episodes.append(make_episode(o, actions[s: e + 1], rewards[s: e + 1], terminations[s: e + 1],
-                                     truncations[s: e + 1]))
+    for s, e in progress_bar(
+        list(zip(starts, end_idx)), desc="replay buffer -> episodes", unit="ep", disable=not progress, mininterval=1.0
+    ):
+        o = np.concatenate([obs[s : e + 1], nxt[e : e + 1]]).reshape(-1, *obs_shape)
+        episodes.append(
+            make_episode(o, actions[s : e + 1], rewards[s : e + 1], terminations[s : e + 1], truncations[s : e + 1])
+        )
         cut.append(bool(truncations[e] and not (dones[e] and timeouts[e])))
-    info = {"buffer_entries": int(available), "entries_read": int(n), "episodes_in_entries": len(episodes),
-            "restarts_without_done": int((breaks[:-1] & ~dones[:-1]).sum()), "subsampled": False}
+    info = {
+        "buffer_entries": int(available),
+        "entries_read": int(n),
+        "episodes_in_entries": len(episodes),
+        "restarts_without_done": int((breaks[:-1] & ~dones[:-1]).sum()),
+        "subsampled": False,
+    }
     if max_steps is not None and n > max_steps:
         drawn = take_whole_episodes(episodes, max_steps, np.random.default_rng(seed))
         drawn.sort(key=lambda item: item[0])
@@ -166,19 +193,33 @@ def read_episodes(data_dir: Path) -> list:
 
     ds = minari.MinariDataset(data_dir)
     seeds = [m.get("seed") for m in ds.storage.get_episode_metadata(range(ds.total_episodes))]
-    return [make_episode(e.observations, e.actions, e.rewards, e.terminations, e.truncations,
-                         seed=None if s is None else int(s), action_dtype=np.asarray(e.actions).dtype)
-            for e, s in zip(ds.iterate_episodes(), seeds)]
+    return [
+        make_episode(
+            e.observations,
+            e.actions,
+            e.rewards,
+            e.terminations,
+            e.truncations,
+            seed=None if s is None else int(s),
+            action_dtype=np.asarray(e.actions).dtype,
+        )
+        for e, s in zip(ds.iterate_episodes(), seeds)
+    ]
 
 
 def episode_stats(episodes: list, cut: list[bool]) -> dict:
     """Counts and return statistics of ``episodes``; ``uncut_*`` over those not cut by a step budget."""
     returns = np.array([float(np.sum(e.rewards)) for e in episodes])
     full = returns[~np.asarray(cut, dtype=bool)] if len(cut) else returns
-    stats = {"episodes": len(episodes), "steps": int(sum(len(e.rewards) for e in episodes)),
-             "return_mean": float(returns.mean()), "return_std": float(returns.std()),
-             "return_min": float(returns.min()), "return_max": float(returns.max()),
-             "uncut_episodes": len(full)}
+    stats = {
+        "episodes": len(episodes),
+        "steps": int(sum(len(e.rewards) for e in episodes)),
+        "return_mean": float(returns.mean()),
+        "return_std": float(returns.std()),
+        "return_min": float(returns.min()),
+        "return_max": float(returns.max()),
+        "uncut_episodes": len(full),
+    }
     if len(full):
         stats["uncut_return_mean"] = float(full.mean())
     return stats

@@ -4,6 +4,7 @@ Every ``checkpoint_every`` env steps the model is saved and evaluated (determini
 :func:`c4_lightning.evaluation.rollout.evaluate_policy`); the model, the replay buffer and the
 checkpoint table are written so that a killed run resumes from its last checkpoint.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,8 +40,10 @@ def _grow_replay_buffer(buffer, size: int) -> None:
     with a larger ``--total-steps`` must therefore grow the buffer instead of letting it wrap around.
     """
     if buffer.full and buffer.pos != 0:
-        raise SystemExit("the saved replay buffer has wrapped around (it was not written by c4-collect train); "
-                         "its entries are no longer the first env steps")
+        raise SystemExit(
+            "the saved replay buffer has wrapped around (it was not written by c4-collect train); "
+            "its entries are no longer the first env steps"
+        )
     if buffer.buffer_size >= size:
         return
     filled = buffer.buffer_size if buffer.full else buffer.pos
@@ -89,8 +92,15 @@ def train_behaviour(
         _grow_replay_buffer(model.replay_buffer, total_steps)
         print(f"resuming SAC from {latest} at {model.num_timesteps} steps", flush=True)
     else:
-        model = SAC("MlpPolicy", env, buffer_size=total_steps, learning_starts=learning_starts, seed=seed,
-                    device="cpu", verbose=0)
+        model = SAC(
+            "MlpPolicy",
+            env,
+            buffer_size=total_steps,
+            learning_starts=learning_starts,
+            seed=seed,
+            device="cpu",
+            verbose=0,
+        )
         table = []
 
     class _Checkpoint(BaseCallback):
@@ -120,10 +130,22 @@ def train_behaviour(
             # episode i is reset with seed 10_000 + n + i. One env at a time (max_envs=1): the policy then
             # sees batches of one observation, and its returns are bit-identical to a plain per-episode
             # loop (batched forward passes round differently, which MuJoCo amplifies over 1000 steps).
-            rets = evaluate_policy(lambda obs: self.model.predict(obs, deterministic=True)[0], env_id,
-                                   episodes=eval_episodes, seed=10_000 + n, max_envs=1)
-            table.append({"steps": n, "path": str(path.relative_to(out)), "return_mean": float(rets.mean()),
-                          "return_std": float(rets.std()), "time": time.time()})
+            rets = evaluate_policy(
+                lambda obs: self.model.predict(obs, deterministic=True)[0],
+                env_id,
+                episodes=eval_episodes,
+                seed=10_000 + n,
+                max_envs=1,
+            )
+            table.append(
+                {
+                    "steps": n,
+                    "path": str(path.relative_to(out)),
+                    "return_mean": float(rets.mean()),
+                    "return_std": float(rets.std()),
+                    "time": time.time(),
+                }
+            )
             # model + buffer first, then the table: a crash in between leaves a resumable state
             self.model.save(out / "latest.tmp.zip")
             os.replace(out / "latest.tmp.zip", latest)
@@ -134,11 +156,18 @@ def train_behaviour(
 
     remaining = total_steps - model.num_timesteps
     if remaining > 0:
-        atomic_json(out / TRAIN_CONFIG, {"env_id": env_id, "total_steps": total_steps, "seed": seed,
-                                         "checkpoint_every": checkpoint_every,
-                                         "learning_starts": learning_starts, "algo": "SB3 SAC MlpPolicy"})
-        model.learn(total_timesteps=remaining, callback=_Checkpoint(), reset_num_timesteps=False,
-                    progress_bar=progress)
+        atomic_json(
+            out / TRAIN_CONFIG,
+            {
+                "env_id": env_id,
+                "total_steps": total_steps,
+                "seed": seed,
+                "checkpoint_every": checkpoint_every,
+                "learning_starts": learning_starts,
+                "algo": "SB3 SAC MlpPolicy",
+            },
+        )
+        model.learn(total_timesteps=remaining, callback=_Checkpoint(), reset_num_timesteps=False, progress_bar=progress)
     return table
 
 

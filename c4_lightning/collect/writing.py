@@ -1,4 +1,5 @@
 """Writing datasets: ids and names, Minari's writer, the compact HDF5 rewrite and the reload check."""
+
 from __future__ import annotations
 
 import json
@@ -82,8 +83,13 @@ def compact_hdf5(path: str | Path, progress: bool = True) -> None:
     with h5py.File(path, "r") as src, h5py.File(tmp, "w", libver=("v110", "v110")) as dst:
         for key, value in src.attrs.items():
             dst.attrs[key] = value
-        for name in progress_bar(list(src.keys()), desc=f"compact {path.parent.parent.name}", unit="ep",
-                                 disable=not progress, mininterval=1.0):
+        for name in progress_bar(
+            list(src.keys()),
+            desc=f"compact {path.parent.parent.name}",
+            unit="ep",
+            disable=not progress,
+            mininterval=1.0,
+        ):
             copy(src[name], dst.create_group(name))
     os.replace(tmp, path)
 
@@ -105,8 +111,13 @@ class _MinariRoot:
             os.environ["MINARI_DATASETS_PATH"] = self.old
 
 
-def check_dataset(data_dir: str | Path, expected_steps: int | None = None, expected_episodes: int | None = None,
-                  max_mb: float | None = None, progress: bool = False) -> dict:
+def check_dataset(
+    data_dir: str | Path,
+    expected_steps: int | None = None,
+    expected_episodes: int | None = None,
+    max_mb: float | None = None,
+    progress: bool = False,
+) -> dict:
     """Reload a dataset with ``minari.MinariDataset`` and check it; raises ``DatasetError``.
 
     Checks: the metadata keys c4_lightning relies on (round-tripped through Minari's storage), episode
@@ -130,13 +141,24 @@ def check_dataset(data_dir: str | Path, expected_steps: int | None = None, expec
     except (TypeError, json.JSONDecodeError) as err:
         raise DatasetError(f"{data_dir}: provenance/source_names are not JSON: {err}") from err
     steps, episodes, seen_sources = 0, 0, set()
-    for ep in progress_bar(ds.iterate_episodes(), total=ds.total_episodes, desc=f"check {data_dir.parent.name}",
-                           unit="ep", disable=not progress, mininterval=1.0):
+    for ep in progress_bar(
+        ds.iterate_episodes(),
+        total=ds.total_episodes,
+        desc=f"check {data_dir.parent.name}",
+        unit="ep",
+        disable=not progress,
+        mininterval=1.0,
+    ):
         t = len(ep.rewards)
         obs, act = np.asarray(ep.observations), np.asarray(ep.actions)
         where = f"{data_dir} episode {ep.id}"
-        if (t == 0 or obs.shape[0] != t + 1 or act.shape[0] != t
-                or len(ep.terminations) != t or len(ep.truncations) != t):
+        if (
+            t == 0
+            or obs.shape[0] != t + 1
+            or act.shape[0] != t
+            or len(ep.terminations) != t
+            or len(ep.truncations) != t
+        ):
             raise DatasetError(f"{where}: shapes obs {obs.shape}, actions {act.shape}, rewards ({t},)")
         if not (np.isfinite(obs).all() and np.isfinite(act).all() and np.isfinite(ep.rewards).all()):
             raise DatasetError(f"{where}: non-finite values")
@@ -151,8 +173,10 @@ def check_dataset(data_dir: str | Path, expected_steps: int | None = None, expec
         steps += t
         episodes += 1
     if steps != ds.total_steps or episodes != ds.total_episodes:
-        raise DatasetError(f"{data_dir}: metadata says {ds.total_steps} steps / {ds.total_episodes} episodes, "
-                           f"read {steps} / {episodes}")
+        raise DatasetError(
+            f"{data_dir}: metadata says {ds.total_steps} steps / {ds.total_episodes} episodes, "
+            f"read {steps} / {episodes}"
+        )
     if expected_steps is not None and steps != expected_steps:
         raise DatasetError(f"{data_dir}: {steps} steps, expected {expected_steps}")
     if expected_episodes is not None and episodes != expected_episodes:
@@ -165,9 +189,22 @@ def check_dataset(data_dir: str | Path, expected_steps: int | None = None, expec
     return {"steps": steps, "episodes": episodes, "bytes": size, "provenance": provenance, "source_names": sources}
 
 
-def write_dataset(datasets_dir: str | Path, ds_id: str, episodes: list, *, env_id: str, ref_min: float,
-                  ref_max: float, algorithm_name: str, description: str, provenance: dict, source_names: list[str],
-                  max_mb: float = MAX_DATASET_MB, size_flag: str = "", progress: bool = True) -> dict:
+def write_dataset(
+    datasets_dir: str | Path,
+    ds_id: str,
+    episodes: list,
+    *,
+    env_id: str,
+    ref_min: float,
+    ref_max: float,
+    algorithm_name: str,
+    description: str,
+    provenance: dict,
+    source_names: list[str],
+    max_mb: float = MAX_DATASET_MB,
+    size_flag: str = "",
+    progress: bool = True,
+) -> dict:
     """Write ``episodes`` as Minari dataset ``ds_id`` under ``datasets_dir`` (Minari's own layout).
 
     The dataset is made in a temporary Minari root inside ``datasets_dir``, compacted, given its
@@ -191,11 +228,19 @@ def write_dataset(datasets_dir: str | Path, ds_id: str, episodes: list, *, env_i
         with _MinariRoot(tmp_root), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*author_email.*")
             create_dataset_from_buffers(
-                ds_id, progress_bar(episodes, desc=f"write {ds_id}", unit="ep", disable=not progress, mininterval=1.0),
-                env=env_id, eval_env=env_id, algorithm_name=algorithm_name, author="c4_lightning c4-collect",
+                ds_id,
+                progress_bar(episodes, desc=f"write {ds_id}", unit="ep", disable=not progress, mininterval=1.0),
+                env=env_id,
+                eval_env=env_id,
+                algorithm_name=algorithm_name,
+                author="c4_lightning c4-collect",
                 code_permalink=f"c4_lightning/collect/ (c4_lightning {package_version('c4_lightning')})",
-                observation_space=obs_space, action_space=env.action_space, ref_min_score=float(ref_min),
-                ref_max_score=float(ref_max), description=description, data_format="hdf5",
+                observation_space=obs_space,
+                action_space=env.action_space,
+                ref_min_score=float(ref_min),
+                ref_max_score=float(ref_max),
+                description=description,
+                data_format="hdf5",
             )
         env.close()
         data_dir = tmp_root / ds_id / "data"

@@ -10,6 +10,7 @@ of the batch, for diagnostics).
 Observations (and next observations) are normalised with ``obs_mean``/``obs_std`` when
 ``normalize_observations``; rewards become ``rewards * reward_scale + reward_bias``.
 """
+
 from __future__ import annotations
 
 import os
@@ -181,8 +182,10 @@ class OfflineRLDataModule(pl.LightningDataModule):
             bound = float(self.clip_actions)
             share = float((actions.abs() > bound).float().mean())
             if share > 0:
-                rank_zero_warn(f"data.clip_actions={bound}: clipped {share:.2%} of the dataset's action entries into "
-                               f"[-{bound}, {bound}]")
+                rank_zero_warn(
+                    f"data.clip_actions={bound}: clipped {share:.2%} of the dataset's action entries into "
+                    f"[-{bound}, {bound}]"
+                )
             actions, next_actions = actions.clamp(-bound, bound), next_actions.clamp(-bound, bound)
         columns = [
             ("observations", (t.observations - mean) / std),

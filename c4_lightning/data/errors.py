@@ -2,6 +2,7 @@
 
 Every message names the bad thing and says what to do about it.
 """
+
 from __future__ import annotations
 
 

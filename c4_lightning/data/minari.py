@@ -11,6 +11,7 @@ Both local roots use Minari's layout ``<root>/<namespace>/<name>-v<N>/data/`` ho
 ``metadata.json`` and the data file (``main_data.hdf5`` for the HDF5 format). An id
 without ``-vN`` means the highest version found locally.
 """
+
 from __future__ import annotations
 
 import json
@@ -157,7 +158,8 @@ def open_dataset_folder(version_dir: Path | str):
         ) from err
     spaces = isinstance(metadata, dict) and (
         all(isinstance(metadata.get(k), str) for k in ("observation_space", "action_space"))
-        or isinstance(metadata.get("env_spec"), str))
+        or isinstance(metadata.get("env_spec"), str)
+    )
     if not spaces:  # Minari needs the spaces (or the env spec that gives them) and fails with a bare assert
         held = sorted(metadata) if isinstance(metadata, dict) else type(metadata).__name__
         raise DatasetError(
@@ -189,9 +191,13 @@ def resolve_dataset(dataset_id: str, download: bool | None = None):
     if download is False:
         raise DatasetError(_unknown_dataset_message(dataset_id, "no local copy and download=False"))
     if _split_version(dataset_id)[1] is None:  # Minari's remote ids are versioned; its parser fails on others
-        raise DatasetError(_unknown_dataset_message(
-            dataset_id, "no local copy, and a remote Minari id names its version (namespace/name-vN, e.g. "
-                        "mujoco/hopper/medium-v0)"))
+        raise DatasetError(
+            _unknown_dataset_message(
+                dataset_id,
+                "no local copy, and a remote Minari id names its version (namespace/name-vN, e.g. "
+                "mujoco/hopper/medium-v0)",
+            )
+        )
     import minari
 
     try:

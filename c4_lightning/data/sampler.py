@@ -19,6 +19,7 @@ and warns once per partition.
 The class derives from ``DistributedSampler`` only so that Lightning (and other code that
 checks for one) leaves it in place under DDP instead of wrapping it; it handles ranks itself.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -73,9 +74,7 @@ def _validate_labels(labels: Any, num_samples: int) -> torch.Tensor:
             raise SamplerError(f"cluster labels must be integers, got {arr.dtype}; pass an int64 tensor")
         labels = torch.from_numpy(arr.astype(np.int64))
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise SamplerError(
-            f"cluster labels must be an integer tensor, got dtype {labels.dtype}; pass labels.long()"
-        )
+        raise SamplerError(f"cluster labels must be an integer tensor, got dtype {labels.dtype}; pass labels.long()")
     labels = labels.detach().to("cpu", torch.int64).reshape(-1)
     if labels.numel() != num_samples:
         raise SamplerError(
@@ -346,8 +345,9 @@ class ClusterBatchSampler(DistributedSampler):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         missing = {"seed", "epoch", "resume_position", "labels", "min_cluster_size"} - set(state)
         if missing:
-            raise SamplerError(f"sampler state is missing {sorted(missing)}; "
-                               "it was not made by ClusterBatchSampler.state_dict()")
+            raise SamplerError(
+                f"sampler state is missing {sorted(missing)}; it was not made by ClusterBatchSampler.state_dict()"
+            )
         if "num_samples" in state and int(state["num_samples"]) != self.num_samples:
             raise SamplerError(
                 f"sampler state was saved for {state['num_samples']} transitions but this dataset has "
@@ -378,8 +378,7 @@ def default_min_cluster_size(num_samples: int, batch_size: int, n_clusters: int)
     return max(int(batch_size), int(num_samples) // max(int(n_clusters), 10))
 
 
-def check_cluster_sampling(num_transitions: int, batch_size: int, n_clusters: int,
-                           min_cluster_size: int | None) -> int:
+def check_cluster_sampling(num_transitions: int, batch_size: int, n_clusters: int, min_cluster_size: int | None) -> int:
     """Refuse C4 settings under which the clustered sampler would silently sample uniformly.
 
     A partition of N transitions into K clusters can give *every* cluster at least ``m`` members only if
@@ -389,11 +388,15 @@ def check_cluster_sampling(num_transitions: int, batch_size: int, n_clusters: in
     n, b, k = int(num_transitions), int(batch_size), int(n_clusters)
     m = int(min_cluster_size) if min_cluster_size is not None else default_min_cluster_size(n, b, k)
     if k * m > n:
-        what = (f"min_cluster_size={m}" if min_cluster_size is not None
-                else f"min_cluster_size={m} (default max(data.batch_size, N // max(K, 10)))")
+        what = (
+            f"min_cluster_size={m}"
+            if min_cluster_size is not None
+            else f"min_cluster_size={m} (default max(data.batch_size, N // max(K, 10)))"
+        )
         raise ValueError(
             f"C4 cannot sample its clusters: n_clusters={k} x {what} = {k * m} > N={n} transitions, so "
             f"clusters would be skipped and batches fall back to uniform sampling; lower model.c4.n_clusters "
             f"to at most {max(n // m, 1)}, lower data.batch_size or data.min_cluster_size, or raise "
-            f"data.max_transitions")
+            f"data.max_transitions"
+        )
     return m

@@ -3,6 +3,7 @@
 Normalised score = 100 * (return - min) / (max - min). Dataset metadata
 (``ref_min_score``/``ref_max_score``) overrides these constants.
 """
+
 from __future__ import annotations
 
 # (random policy return, expert policy return) from D4RL's infos.py

@@ -9,6 +9,7 @@ time limit or by truncation (bootstrap through it).
 
 Functions here never mutate their inputs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -71,8 +72,7 @@ class Transitions:
             else:
                 if value.is_floating_point() or value.is_complex():
                     raise DatasetError(
-                        f"Transitions.{name} must hold integers, got dtype {value.dtype}; "
-                        f"pass an int64 tensor"
+                        f"Transitions.{name} must hold integers, got dtype {value.dtype}; pass an int64 tensor"
                     )
                 value = value.to(torch.int64)
             setattr(self, name, value)
@@ -345,9 +345,7 @@ def mix(
     if total < 1 or counts.sum() == 0:
         raise DatasetError(f"the mixture would be empty (dataset sizes {sizes.tolist()}, shares {w.tolist()})")
     child_seeds = [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(int(seed)).spawn(len(parts))]
-    picked = [
-        subsample_episodes(p, int(c), child_seeds[i]) for i, (p, c) in enumerate(zip(parts, counts)) if c > 0
-    ]
+    picked = [subsample_episodes(p, int(c), child_seeds[i]) for i, (p, c) in enumerate(zip(parts, counts)) if c > 0]
     out = concatenate(picked)
     # keep every listed dataset in dataset_ids even when its share rounds to zero rows
     for p in parts:

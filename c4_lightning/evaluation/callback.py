@@ -1,4 +1,5 @@
 """``EvalCallback``: periodic deterministic rollouts, normalised scores and the run's final score."""
+
 from __future__ import annotations
 
 import json
@@ -23,14 +24,18 @@ def check_env_matches(env_id: str, obs_dim: int, act_dim: int) -> None:
     try:
         env = gym.make(env_id)
     except Exception as err:  # gymnasium raises several error types for unknown/broken envs
-        raise ValueError(f"evaluation env {env_id!r} (from the dataset metadata) cannot be made: {err}. "
-                         "Install its dependencies or set the EvalCallback's env_id") from err
+        raise ValueError(
+            f"evaluation env {env_id!r} (from the dataset metadata) cannot be made: {err}. "
+            "Install its dependencies or set the EvalCallback's env_id"
+        ) from err
     o, a = env.observation_space.shape, env.action_space.shape
     env.close()
     if o != (obs_dim,) or a != (act_dim,):
-        raise ValueError(f"dataset shapes (obs {obs_dim}, action {act_dim}) do not match env {env_id!r} "
-                         f"(obs {o}, action {a}): the dataset was made for another env; pick the matching "
-                         "data.dataset_id or EvalCallback env_id")
+        raise ValueError(
+            f"dataset shapes (obs {obs_dim}, action {act_dim}) do not match env {env_id!r} "
+            f"(obs {o}, action {a}): the dataset was made for another env; pick the matching "
+            "data.dataset_id or EvalCallback env_id"
+        )
 
 
 class EvalCallback(Callback):
@@ -49,8 +54,15 @@ class EvalCallback(Callback):
     OPTIONS = ("every_n_epochs", "episodes", "final_window", "seed")
     """What ``--eval.<option>`` sets."""
 
-    def __init__(self, every_n_epochs: int = 1, episodes: int = 10, seed: int = 10_000, final_window: int = 10,
-                 env_id: str | None = None, max_envs: int = 10):
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        episodes: int = 10,
+        seed: int = 10_000,
+        final_window: int = 10,
+        env_id: str | None = None,
+        max_envs: int = 10,
+    ):
         self.env_id, self.max_envs = env_id, max_envs
         self.configure(every_n_epochs=every_n_epochs, episodes=episodes, seed=seed, final_window=final_window)
         self.history: list[dict] = []
@@ -63,8 +75,9 @@ class EvalCallback(Callback):
         """Set any of :attr:`OPTIONS` (checked: counts >= 1)."""
         unknown = set(options) - set(self.OPTIONS)
         if unknown:
-            raise ValueError(f"EvalCallback has no option {', '.join(sorted(unknown))} "
-                             f"(options: {', '.join(self.OPTIONS)})")
+            raise ValueError(
+                f"EvalCallback has no option {', '.join(sorted(unknown))} (options: {', '.join(self.OPTIONS)})"
+            )
         for name, value in options.items():
             if name != "seed" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"eval.{name}={value!r} must be an integer >= 1")
@@ -83,6 +96,7 @@ class EvalCallback(Callback):
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, pl_module) -> tuple[np.ndarray, np.ndarray]:
         """``(returns, lengths)`` of ``episodes`` deterministic episodes."""
+
         def policy(obs: np.ndarray) -> np.ndarray:
             with torch.no_grad():
                 act = pl_module.act(torch.as_tensor(obs, dtype=torch.float32, device=pl_module.device))
@@ -103,16 +117,23 @@ class EvalCallback(Callback):
             t0 = time.perf_counter()
             try:
                 rets, lengths = self.evaluate(pl_module)
-                result = {"epoch": trainer.current_epoch, "step": trainer.global_step,
-                          "return": float(rets.mean()), "return_std": float(rets.std()),
-                          "episode_length": float(lengths.mean()), "episodes": int(len(rets)),
-                          "seconds": time.perf_counter() - t0}
+                result = {
+                    "epoch": trainer.current_epoch,
+                    "step": trainer.global_step,
+                    "return": float(rets.mean()),
+                    "return_std": float(rets.std()),
+                    "episode_length": float(lengths.mean()),
+                    "episodes": int(len(rets)),
+                    "seconds": time.perf_counter() - t0,
+                }
                 if self._ref is not None:
                     result["normalized_score"] = float(normalized_score(rets.mean(), *self._ref))
             except Exception as err:  # an env that breaks must not kill a long run
                 self.failures += 1
-                rank_zero_warn(f"EvalCallback: evaluation at epoch {trainer.current_epoch} failed "
-                               f"({type(err).__name__}: {err}); training continues")
+                rank_zero_warn(
+                    f"EvalCallback: evaluation at epoch {trainer.current_epoch} failed "
+                    f"({type(err).__name__}: {err}); training continues"
+                )
         result = trainer.strategy.broadcast(result, src=0)
         pl_module.log("eval/failures", float(self.failures), rank_zero_only=True)
         if result is None:
@@ -128,11 +149,11 @@ class EvalCallback(Callback):
     # ------------------------------------------------------------------ summary
     def final_score(self) -> float | None:
         scores = [h["normalized_score"] for h in self.history if "normalized_score" in h]
-        return float(np.mean(scores[-self.final_window:])) if scores else None
+        return float(np.mean(scores[-self.final_window :])) if scores else None
 
     def final_return(self) -> float | None:
         rets = [h["return"] for h in self.history]
-        return float(np.mean(rets[-self.final_window:])) if rets else None
+        return float(np.mean(rets[-self.final_window :])) if rets else None
 
     def best(self) -> dict | None:
         """The evaluation with the highest normalised score (highest return without reference scores)."""
@@ -142,10 +163,17 @@ class EvalCallback(Callback):
 
     def summary(self) -> dict:
         best = self.best() or {}
-        return {"env_id": self.env_id, "final_normalized_score": self.final_score(),
-                "final_return": self.final_return(), "final_window": self.final_window,
-                "best_normalized_score": best.get("normalized_score"), "best_return": best.get("return"),
-                "best_step": best.get("step"), "evaluations": self.history, "eval_failures": self.failures}
+        return {
+            "env_id": self.env_id,
+            "final_normalized_score": self.final_score(),
+            "final_return": self.final_return(),
+            "final_window": self.final_window,
+            "best_normalized_score": best.get("normalized_score"),
+            "best_return": best.get("return"),
+            "best_step": best.get("step"),
+            "evaluations": self.history,
+            "eval_failures": self.failures,
+        }
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._summary_written = False
@@ -172,16 +200,24 @@ class EvalCallback(Callback):
         final = float("nan") if final is None else final
         for logger in trainer.loggers:
             # hp_metric: TensorBoard's HParams tab ranks runs by the final score
-            logger.log_metrics({"eval/final_normalized_score": final, "eval/final_return": summary["final_return"],
-                                "hp_metric": final}, step=trainer.global_step)
+            logger.log_metrics(
+                {
+                    "eval/final_normalized_score": final,
+                    "eval/final_return": summary["final_return"],
+                    "hp_metric": final,
+                },
+                step=trainer.global_step,
+            )
         if log_dir:
             path = Path(log_dir) / "summary.json"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(summary, indent=2))
         score = summary["final_normalized_score"]
         # debug level: the CLI prints the final score once, after the progress bar; summary() has it for Python use
-        log.debug(f"final score (mean of last {min(len(self.history), self.final_window)} evaluations): "
-                  f"return {summary['final_return']:.1f}" + (f", normalized {score:.1f}" if score is not None else ""))
+        log.debug(
+            f"final score (mean of last {min(len(self.history), self.final_window)} evaluations): "
+            f"return {summary['final_return']:.1f}" + (f", normalized {score:.1f}" if score is not None else "")
+        )
 
     def state_dict(self) -> dict:
         return {"history": self.history, "failures": self.failures}

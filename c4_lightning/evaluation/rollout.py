@@ -1,4 +1,5 @@
 """Vectorised Gymnasium evaluation of a deterministic policy."""
+
 from __future__ import annotations
 
 from typing import Callable
@@ -7,14 +8,26 @@ import gymnasium as gym
 import numpy as np
 
 
-def evaluate_policy(policy: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int = 10, seed: int = 0,
-                    max_envs: int = 10, env_kwargs: dict | None = None) -> np.ndarray:
+def evaluate_policy(
+    policy: Callable[[np.ndarray], np.ndarray],
+    env_id: str,
+    episodes: int = 10,
+    seed: int = 0,
+    max_envs: int = 10,
+    env_kwargs: dict | None = None,
+) -> np.ndarray:
     """Returns the undiscounted return of each of ``episodes`` episodes (see :func:`evaluate_episodes`)."""
     return evaluate_episodes(policy, env_id, episodes, seed, max_envs, env_kwargs)[0]
 
 
-def evaluate_episodes(policy: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int = 10, seed: int = 0,
-                      max_envs: int = 10, env_kwargs: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+def evaluate_episodes(
+    policy: Callable[[np.ndarray], np.ndarray],
+    env_id: str,
+    episodes: int = 10,
+    seed: int = 0,
+    max_envs: int = 10,
+    env_kwargs: dict | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Returns ``(returns, lengths)``: the undiscounted return and the number of steps of each of ``episodes``
     episodes.
 

@@ -11,6 +11,7 @@ aggregate it.
 Finished trials are skipped; an interrupted one resumes from its ``last.ckpt``. Ctrl+C checkpoints the running
 trials. Exit status: 0 when every selected trial finished, 1 when some failed, 2 for a bad sweep.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,9 +59,13 @@ def build_sweep(args) -> Sweep:
     if args.sweep:
         sweep = load_sweep(args.sweep)
     elif args.variant and args.dataset:
-        sweep = Sweep(name=args.name or "sweep", variants={v.name: v for v in map(_variant_flag, args.variant)},
-                      datasets={d.name: d for d in map(_dataset_flag, args.dataset)}, seeds=[0, 1, 2, 3, 4],
-                      baseline=None)
+        sweep = Sweep(
+            name=args.name or "sweep",
+            variants={v.name: v for v in map(_variant_flag, args.variant)},
+            datasets={d.name: d for d in map(_dataset_flag, args.dataset)},
+            seeds=[0, 1, 2, 3, 4],
+            baseline=None,
+        )
         sweep.baseline = args.baseline or next(iter(sweep.variants))
         sweep.runs_dir = Path("runs/sweeps") / sweep.name
     else:
@@ -68,8 +73,11 @@ def build_sweep(args) -> Sweep:
     if args.sweep and (args.variant or args.dataset):
         sweep.variants.update({v.name: v for v in map(_variant_flag, args.variant or [])})
         sweep.datasets.update({d.name: d for d in map(_dataset_flag, args.dataset or [])})
-    budget = {k: getattr(args, k) for k in ("updates", "eval_every", "eval_episodes", "score_window",
-                                            "steps_per_epoch") if getattr(args, k) is not None}
+    budget = {
+        k: getattr(args, k)
+        for k in ("updates", "eval_every", "eval_episodes", "score_window", "steps_per_epoch")
+        if getattr(args, k) is not None
+    }
     if budget:
         sweep.budget = replace(sweep.budget, **budget)
     if args.baseline:
@@ -84,8 +92,9 @@ def build_sweep(args) -> Sweep:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="c4-sweep", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="c4-sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("sweep", nargs="?", help="sweep YAML file (see configs/sweeps/)")
     p.add_argument("--variants", help="run only these variants (comma list)")
     p.add_argument("--datasets", help="run only these datasets (comma list)")
@@ -99,8 +108,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--launcher", choices=["local", "ray"], default="local")
     p.add_argument("--jobs", type=int, default=1, help="local launcher: trials at once (default 1)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per trial (default 1)")
-    p.add_argument("--ray-address", default=None, help="ray launcher: cluster address ('auto', 'ray://host:10001'); "
-                                                       "default: start a local Ray for this sweep")
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="ray launcher: cluster address ('auto', 'ray://host:10001'); default: start a local Ray for this sweep",
+    )
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="ray launcher: GPUs per trial (default 0)")
     p.add_argument("--collect-only", action="store_true", help="run nothing; aggregate finished trials")
     p.add_argument("--no-collect", action="store_true", help="do not aggregate after running")
@@ -117,12 +129,20 @@ def main(argv: list[str] | None = None) -> int:
         sweep = build_sweep(args)
         trials = sweep.trials()
         todo = [t for t in trials if not is_finished(sweep, t)]
-        print(f"sweep {sweep.name}: {len(trials)} trials ({len(trials) - len(todo)} finished, {len(todo)} to run); "
-              f"{sweep.budget.updates:,} updates each; runs in {sweep.runs_dir}", flush=True)
+        print(
+            f"sweep {sweep.name}: {len(trials)} trials ({len(trials) - len(todo)} finished, {len(todo)} to run); "
+            f"{sweep.budget.updates:,} updates each; runs in {sweep.runs_dir}",
+            flush=True,
+        )
         if args.dry_run:
             for t in trials:
-                state = "finished" if t not in todo else ("resumable" if (sweep.trial_dir(t) / "logs" / "checkpoints" /
-                                                                          "last.ckpt").is_file() else "new")
+                state = (
+                    "finished"
+                    if t not in todo
+                    else (
+                        "resumable" if (sweep.trial_dir(t) / "logs" / "checkpoints" / "last.ckpt").is_file() else "new"
+                    )
+                )
                 print(f"  {t.key}: {state}")
             return 0
         failed = []
@@ -136,11 +156,15 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_collect:
             result = collect(sweep, diagnostics=not args.no_diagnostics)
             print((Path(sweep.out) / f"{sweep.name}.md").read_text())
-            print(f"wrote {Path(sweep.out) / sweep.name}.json, .md and plots "
-                  f"({sum(r['finished'] for r in result['runs'])} finished trials)")
+            print(
+                f"wrote {Path(sweep.out) / sweep.name}.json, .md and plots "
+                f"({sum(r['finished'] for r in result['runs'])} finished trials)"
+            )
         if failed:
-            print(f"{len(failed)} trial(s) failed: " + ", ".join(f"{r.trial.key} (see {r.log})" for r in failed),
-                  file=sys.stderr)
+            print(
+                f"{len(failed)} trial(s) failed: " + ", ".join(f"{r.trial.key} (see {r.log})" for r in failed),
+                file=sys.stderr,
+            )
             return 1
         return 0
     except SweepError as err:

@@ -5,6 +5,7 @@ Launchers: :class:`LocalLauncher` (a process pool on this machine, ``jobs`` at o
 default) and :class:`RayLauncher` (one Ray task per trial, on a running cluster or a local Ray started for the
 sweep). Both need the run folders on a filesystem every worker sees (a shared disk on a cluster).
 """
+
 from __future__ import annotations
 
 import os
@@ -72,7 +73,8 @@ def prepare(sweep: Sweep, trial: Trial, python: str = sys.executable) -> list[st
             raise SweepError(
                 f"trial {trial.key}: {path} was written from other settings than the sweep file gives now; its "
                 "checkpoints belong to that experiment. Give the changed variant a new name, or move the folder "
-                f"away ({folder}) to start the trial again")
+                f"away ({folder}) to start the trial again"
+            )
     folder.mkdir(parents=True, exist_ok=True)
     if not path.is_file():
         tmp = path.with_suffix(".tmp")
@@ -117,15 +119,17 @@ def trial_env(threads: int) -> dict:
     return dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
 
 
-def start_trial(cmd: list[str], log_path: str | os.PathLike, threads: int, cwd: str,
-                pass_fds: tuple[int, ...] = ()) -> tuple[subprocess.Popen, object]:
+def start_trial(
+    cmd: list[str], log_path: str | os.PathLike, threads: int, cwd: str, pass_fds: tuple[int, ...] = ()
+) -> tuple[subprocess.Popen, object]:
     """Start one trial command with its output appended to ``log_path`` (after a ``$ command`` header line);
     returns the process and the open log file (the caller closes it)."""
     log = open(log_path, "a")
     log.write(f"\n$ {' '.join(cmd)}\n")
     log.flush()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=trial_env(threads), stdout=log, stderr=subprocess.STDOUT,
-                            pass_fds=pass_fds)
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=trial_env(threads), stdout=log, stderr=subprocess.STDOUT, pass_fds=pass_fds
+    )
     return proc, log
 
 
@@ -159,8 +163,11 @@ class LocalLauncher:
             raise SweepError(f"--jobs={jobs} and --threads={threads} must be >= 1")
         cores = os.cpu_count() or 1
         if jobs * threads > cores:
-            print(f"note: {jobs} jobs x {threads} threads exceed this machine's {cores} cores; trials will share "
-                  "cores and each runs slower", file=sys.stderr)
+            print(
+                f"note: {jobs} jobs x {threads} threads exceed this machine's {cores} cores; trials will share "
+                "cores and each runs slower",
+                file=sys.stderr,
+            )
         self.jobs, self.threads = jobs, threads
 
     def run(self, sweep: Sweep, trials: list[Trial], report: Report = print) -> list[TrialResult]:
@@ -190,8 +197,9 @@ class LocalLauncher:
                         report(f"[FAILED] {trial.key}: {err}")
                         results.append(TrialResult(trial, 2, 0.0, sweep.trial_dir(trial) / "train.log"))
                         continue
-                    proc, log = start_trial(cmd, sweep.trial_dir(trial) / "train.log", self.threads, cwd,
-                                            pass_fds=(lock,))
+                    proc, log = start_trial(
+                        cmd, sweep.trial_dir(trial) / "train.log", self.threads, cwd, pass_fds=(lock,)
+                    )
                     running.append((trial, proc, time.perf_counter(), log, lock))
                     report(f"[start] {trial.key}" + (" (resuming)" if "--ckpt_path" in cmd else ""))
                 time.sleep(0.5)
@@ -202,11 +210,14 @@ class LocalLauncher:
                     running.remove(item)
                     log.close()
                     release(lock)
-                    res = TrialResult(trial, proc.returncode, time.perf_counter() - started,
-                                      sweep.trial_dir(trial) / "train.log")
+                    res = TrialResult(
+                        trial, proc.returncode, time.perf_counter() - started, sweep.trial_dir(trial) / "train.log"
+                    )
                     results.append(res)
-                    report(f"[{'done' if res.ok else 'FAILED'}] {trial.key} in {res.seconds:.0f} s"
-                           + ("" if res.ok else f" (exit {res.returncode}; see {res.log})"))
+                    report(
+                        f"[{'done' if res.ok else 'FAILED'}] {trial.key} in {res.seconds:.0f} s"
+                        + ("" if res.ok else f" (exit {res.returncode}; see {res.log})")
+                    )
         except KeyboardInterrupt:
             report("interrupted: asking the running trials to checkpoint (they resume on the next call)")
             for trial, proc, _, log, lock in running:
@@ -229,8 +240,13 @@ class RayLauncher:
     ``gpus_per_trial``). ``address=None`` starts a local Ray for the sweep; ``"auto"`` or ``"ray://host:10001"``
     joins a running cluster. Needs ``pip install c4_lightning[ray]`` and run folders on a shared filesystem."""
 
-    def __init__(self, address: str | None = None, threads: int = 1, gpus_per_trial: float = 0.0,
-                 max_concurrent: int | None = None):
+    def __init__(
+        self,
+        address: str | None = None,
+        threads: int = 1,
+        gpus_per_trial: float = 0.0,
+        max_concurrent: int | None = None,
+    ):
         try:
             import ray  # noqa: F401
         except ImportError as err:
@@ -287,8 +303,10 @@ class RayLauncher:
                         rc, seconds = -1, 0.0
                     res = TrialResult(trial, rc, seconds, sweep.trial_dir(trial) / "train.log")
                     results.append(res)
-                    report(f"[{'done' if res.ok else 'FAILED'}] {trial.key} in {seconds:.0f} s"
-                           + ("" if res.ok else f" (exit {rc}; see {res.log})"))
+                    report(
+                        f"[{'done' if res.ok else 'FAILED'}] {trial.key} in {seconds:.0f} s"
+                        + ("" if res.ok else f" (exit {rc}; see {res.log})")
+                    )
         except KeyboardInterrupt:
             report("interrupted: cancelling the Ray tasks (each trial checkpoints; the next call resumes them)")
             for ref, (trial, lock) in pending.items():

@@ -5,6 +5,7 @@ plus the last value of each ``c4/*`` and ``train/*`` TensorBoard scalar (the dia
 IQM with a 95% bootstrap CI, and against the baseline variant the paired difference (same dataset and seed) with
 its CI, the relative IQM gain, the probability of improvement and the verdict of the decision rule below.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,9 +19,11 @@ from c4_lightning.experiments import stats
 from c4_lightning.experiments.launchers import is_finished, summary_path
 from c4_lightning.experiments.spec import Sweep, Trial, score_of
 
-RULE = ("C4 helps on a dataset if the IQM gain over the baseline is >= 10% of the baseline's IQM and the 95% CI "
-        "of the paired (same seed) score difference excludes 0; it hurts if that CI lies below 0; otherwise the "
-        "evidence does not decide. Separately: whether a +30% gain (the paper's claim) lies inside the CI.")
+RULE = (
+    "C4 helps on a dataset if the IQM gain over the baseline is >= 10% of the baseline's IQM and the 95% CI "
+    "of the paired (same seed) score difference excludes 0; it hurts if that CI lies below 0; otherwise the "
+    "evidence does not decide. Separately: whether a +30% gain (the paper's claim) lies inside the CI."
+)
 MIN_GAIN = 0.10
 PAPER_GAIN = 0.30
 DIAGNOSTIC_PREFIXES = ("c4/", "train/")
@@ -46,14 +49,21 @@ def read_scalars(logdir: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def trial_record(sweep: Sweep, trial: Trial, diagnostics: bool = True) -> dict:
-    rec = {"key": trial.key, "variant": trial.variant, "dataset": trial.dataset, "seed": trial.seed,
-           "finished": is_finished(sweep, trial)}
+    rec = {
+        "key": trial.key,
+        "variant": trial.variant,
+        "dataset": trial.dataset,
+        "seed": trial.seed,
+        "finished": is_finished(sweep, trial),
+    }
     path = summary_path(sweep, trial)
     evals = []
     if path.is_file():
         evals = json.loads(path.read_text()).get("evaluations") or []
-    rec["evaluations"] = [{"step": int(e["step"]), "normalized_score": e.get("normalized_score"),
-                           "return": e.get("return")} for e in evals]
+    rec["evaluations"] = [
+        {"step": int(e["step"]), "normalized_score": e.get("normalized_score"), "return": e.get("return")}
+        for e in evals
+    ]
     rec["updates"] = int(evals[-1]["step"]) if evals else 0
     rec.update(score_of(evals, sweep.budget.score_window))
     if diagnostics:
@@ -64,8 +74,11 @@ def trial_record(sweep: Sweep, trial: Trial, diagnostics: bool = True) -> dict:
 
 
 def _by(records: list[dict], variant: str, dataset: str) -> dict[int, float]:
-    return {r["seed"]: r["score"] for r in records
-            if r["variant"] == variant and r["dataset"] == dataset and r["finished"] and r["score"] is not None}
+    return {
+        r["seed"]: r["score"]
+        for r in records
+        if r["variant"] == variant and r["dataset"] == dataset and r["finished"] and r["score"] is not None
+    }
 
 
 def aggregate(sweep: Sweep, records: list[dict], seed: int = 0) -> list[dict]:
@@ -77,16 +90,32 @@ def aggregate(sweep: Sweep, records: list[dict], seed: int = 0) -> list[dict]:
             if not mine:
                 continue
             scores = np.array(list(mine.values()))
-            peaks = [r["peak"] for r in records if r["variant"] == variant and r["dataset"] == dataset
-                     and r["finished"] and r["peak"] is not None]
-            ratios = [r["final_vs_peak"] for r in records if r["variant"] == variant and r["dataset"] == dataset
-                      and r["finished"] and r["final_vs_peak"] is not None]
+            peaks = [
+                r["peak"]
+                for r in records
+                if r["variant"] == variant and r["dataset"] == dataset and r["finished"] and r["peak"] is not None
+            ]
+            ratios = [
+                r["final_vs_peak"]
+                for r in records
+                if r["variant"] == variant
+                and r["dataset"] == dataset
+                and r["finished"]
+                and r["final_vs_peak"] is not None
+            ]
             point, lo, hi = stats.iqm_with_ci([scores], seed)
-            row = {"variant": variant, "dataset": dataset, "n": len(mine), "seeds": sorted(mine),
-                   "iqm": point, "iqm_ci": [lo, hi], "mean": float(scores.mean()),
-                   "std": float(scores.std(ddof=1)) if scores.size > 1 else 0.0,
-                   "peak_iqm": stats.iqm(peaks) if peaks else None,
-                   "final_vs_peak_median": float(np.median(ratios)) if ratios else None}
+            row = {
+                "variant": variant,
+                "dataset": dataset,
+                "n": len(mine),
+                "seeds": sorted(mine),
+                "iqm": point,
+                "iqm_ci": [lo, hi],
+                "mean": float(scores.mean()),
+                "std": float(scores.std(ddof=1)) if scores.size > 1 else 0.0,
+                "peak_iqm": stats.iqm(peaks) if peaks else None,
+                "final_vs_peak_median": float(np.median(ratios)) if ratios else None,
+            }
             base = _by(records, sweep.baseline, dataset) if sweep.baseline else {}
             if sweep.baseline and variant != sweep.baseline and base:
                 row.update(compare(mine, base, seed, min_seeds=len(sweep.seeds)))
@@ -105,8 +134,14 @@ def compare(mine: dict[int, float], base: dict[int, float], seed: int = 0, min_s
         p, plo, phi = stats.probability_of_improvement_with_ci([x], [y], seed)
         base_iqm, my_iqm = stats.iqm(y), stats.iqm(x)
         gain = (my_iqm - base_iqm) / abs(base_iqm) if base_iqm else float("nan")
-        out.update(diff=d, diff_ci=[dlo, dhi], rel_gain=gain, prob_improvement=p, prob_improvement_ci=[plo, phi],
-                   baseline_iqm_paired=base_iqm)
+        out.update(
+            diff=d,
+            diff_ci=[dlo, dhi],
+            rel_gain=gain,
+            prob_improvement=p,
+            prob_improvement_ci=[plo, phi],
+            baseline_iqm_paired=base_iqm,
+        )
         if len(paired) < max(2, min_seeds):
             verdict = f"pending ({len(paired)}/{max(2, min_seeds)} seeds)"
         elif gain >= MIN_GAIN and dlo > 0:
@@ -127,28 +162,35 @@ def _fmt(x, digits: int = 1) -> str:
 def markdown(sweep: Sweep, rows: list[dict], records: list[dict]) -> str:
     b = sweep.budget
     done = sum(r["finished"] for r in records)
-    lines = [f"### Sweep `{sweep.name}`: {done}/{len(records)} trials finished",
-             "",
-             f"Budget per trial: {b.updates:,} updates, evaluation every {b.eval_every:,} updates with "
-             f"{b.eval_episodes} episodes; score = mean normalised score of the last {b.score_window} evaluations. "
-             "IQM with 95% percentile-bootstrap CIs (scipy.stats.bootstrap, 2000 resamples).",
-             "",
-             f"Decision rule (fixed before the runs): {RULE}",
-             "",
-             "| dataset | variant | n | score IQM [95% CI] | mean ± sd | peak IQM | final/peak | "
-             f"Δ vs {sweep.baseline} (paired) [95% CI] | IQM gain | P(improve) [95% CI] | verdict | +30% in CI |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"### Sweep `{sweep.name}`: {done}/{len(records)} trials finished",
+        "",
+        f"Budget per trial: {b.updates:,} updates, evaluation every {b.eval_every:,} updates with "
+        f"{b.eval_episodes} episodes; score = mean normalised score of the last {b.score_window} evaluations. "
+        "IQM with 95% percentile-bootstrap CIs (scipy.stats.bootstrap, 2000 resamples).",
+        "",
+        f"Decision rule (fixed before the runs): {RULE}",
+        "",
+        "| dataset | variant | n | score IQM [95% CI] | mean ± sd | peak IQM | final/peak | "
+        f"Δ vs {sweep.baseline} (paired) [95% CI] | IQM gain | P(improve) [95% CI] | verdict | +30% in CI |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         cmp_cells = ["", "", "", "", ""]
         if "diff" in r:
-            cmp_cells = [f"{_fmt(r['diff'])} [{_fmt(r['diff_ci'][0])}, {_fmt(r['diff_ci'][1])}]",
-                         f"{100 * r['rel_gain']:+.0f}%" if not math.isnan(r["rel_gain"]) else "-",
-                         f"{_fmt(r['prob_improvement'], 2)} [{_fmt(r['prob_improvement_ci'][0], 2)}, "
-                         f"{_fmt(r['prob_improvement_ci'][1], 2)}]",
-                         r["verdict"], "yes" if r["paper_gain_in_ci"] else "no"]
-        lines.append(f"| {r['dataset']} | {r['variant']} | {r['n']} | {_fmt(r['iqm'])} [{_fmt(r['iqm_ci'][0])}, "
-                     f"{_fmt(r['iqm_ci'][1])}] | {_fmt(r['mean'])} ± {_fmt(r['std'])} | {_fmt(r['peak_iqm'])} | "
-                     f"{_fmt(r['final_vs_peak_median'], 2)} | " + " | ".join(cmp_cells) + " |")
+            cmp_cells = [
+                f"{_fmt(r['diff'])} [{_fmt(r['diff_ci'][0])}, {_fmt(r['diff_ci'][1])}]",
+                f"{100 * r['rel_gain']:+.0f}%" if not math.isnan(r["rel_gain"]) else "-",
+                f"{_fmt(r['prob_improvement'], 2)} [{_fmt(r['prob_improvement_ci'][0], 2)}, "
+                f"{_fmt(r['prob_improvement_ci'][1], 2)}]",
+                r["verdict"],
+                "yes" if r["paper_gain_in_ci"] else "no",
+            ]
+        lines.append(
+            f"| {r['dataset']} | {r['variant']} | {r['n']} | {_fmt(r['iqm'])} [{_fmt(r['iqm_ci'][0])}, "
+            f"{_fmt(r['iqm_ci'][1])}] | {_fmt(r['mean'])} ± {_fmt(r['std'])} | {_fmt(r['peak_iqm'])} | "
+            f"{_fmt(r['final_vs_peak_median'], 2)} | " + " | ".join(cmp_cells) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -172,7 +214,7 @@ def curves_figure(sweep: Sweep, records: list[dict]):
                     if e["normalized_score"] is not None:
                         grid[i, steps.index(e["step"])] = e["normalized_score"]
             mid, lo, hi = stats.curve_with_ci(grid)
-            line, = ax.plot(steps, mid, label=f"{variant} (n={len(runs)})")
+            (line,) = ax.plot(steps, mid, label=f"{variant} (n={len(runs)})")
             ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2)
         ax.set_title(f"{dataset}: IQM normalised score, 95% CI")
         ax.set_xlabel("updates")
@@ -198,8 +240,14 @@ def diagnostics_figure(sweep: Sweep, records: list[dict]):
     for ax, tag in zip(axes[0], tags):
         for dataset in sweep.datasets:
             for variant in sweep.variants:
-                curves = [dict(r["curves"][tag]) for r in records if r["variant"] == variant and r["finished"]
-                          and r["dataset"] == dataset and tag in r.get("curves", {})]
+                curves = [
+                    dict(r["curves"][tag])
+                    for r in records
+                    if r["variant"] == variant
+                    and r["finished"]
+                    and r["dataset"] == dataset
+                    and tag in r.get("curves", {})
+                ]
                 if not curves:
                     continue
                 steps = sorted(set().union(*curves))
@@ -239,19 +287,32 @@ def collect(sweep: Sweep, out: Path | None = None, diagnostics: bool = True, plo
     records = [trial_record(sweep, t, diagnostics) for t in sweep.trials()]
     rows = aggregate(sweep, records)
     b = sweep.budget
-    result = {"sweep": sweep.name, "source": str(sweep.source) if sweep.source else None,
-              "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "baseline": sweep.baseline,
-              "budget": {"updates": b.updates, "eval_every": b.eval_every, "eval_episodes": b.eval_episodes,
-                         "score_window": b.score_window},
-              "rule": RULE, "statistics": "IQM, percentile bootstrap (scipy.stats.bootstrap), 2000 resamples, 95%",
-              "aggregates": rows, "runs": records}
+    result = {
+        "sweep": sweep.name,
+        "source": str(sweep.source) if sweep.source else None,
+        "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "baseline": sweep.baseline,
+        "budget": {
+            "updates": b.updates,
+            "eval_every": b.eval_every,
+            "eval_episodes": b.eval_episodes,
+            "score_window": b.score_window,
+        },
+        "rule": RULE,
+        "statistics": "IQM, percentile bootstrap (scipy.stats.bootstrap), 2000 resamples, 95%",
+        "aggregates": rows,
+        "runs": records,
+    }
     (out / f"{sweep.name}.json").write_text(json.dumps(result, indent=1))
     (out / f"{sweep.name}.md").write_text(markdown(sweep, rows, records))
     if plots and any(r["evaluations"] for r in records):
         import matplotlib.pyplot as plt
 
-        figures = (("curves", curves_figure(sweep, records)), ("scores", scores_figure(rows) if rows else None),
-                   ("diagnostics", diagnostics_figure(sweep, records) if diagnostics else None))
+        figures = (
+            ("curves", curves_figure(sweep, records)),
+            ("scores", scores_figure(rows) if rows else None),
+            ("diagnostics", diagnostics_figure(sweep, records) if diagnostics else None),
+        )
         for suffix, fig in figures:
             if fig is not None:
                 fig.savefig(out / f"{sweep.name}_{suffix}.png", dpi=110)

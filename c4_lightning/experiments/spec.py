@@ -19,6 +19,7 @@ Paths are relative to the working directory (as ``train.py --config``). ``overri
 config; ``model.<name>`` also reaches ``model.init_args.<name>``. Each trial is an ordinary ``train.py fit`` run
 of the variant's config with the dataset, seed and budget filled in: :func:`trial_config` writes that config.
 """
+
 from __future__ import annotations
 
 import copy
@@ -53,11 +54,14 @@ class Budget:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SweepError(f"budget.{name}={value!r} must be an integer >= 1")
         if self.updates % self.steps_per_epoch or self.eval_every % self.steps_per_epoch:
-            raise SweepError(f"budget.updates={self.updates} and budget.eval_every={self.eval_every} must be "
-                             f"multiples of budget.steps_per_epoch={self.steps_per_epoch}")
+            raise SweepError(
+                f"budget.updates={self.updates} and budget.eval_every={self.eval_every} must be "
+                f"multiples of budget.steps_per_epoch={self.steps_per_epoch}"
+            )
         if self.eval_every > self.updates:
-            raise SweepError(f"budget.eval_every={self.eval_every} exceeds budget.updates={self.updates}: "
-                             "no evaluation would run")
+            raise SweepError(
+                f"budget.eval_every={self.eval_every} exceeds budget.updates={self.updates}: no evaluation would run"
+            )
 
     @property
     def epochs(self) -> int:
@@ -119,28 +123,33 @@ class Sweep:
             raise SweepError(f"seeds {self.seeds} repeat a seed")
         for name in [*self.variants, *self.datasets, self.name]:
             if not _NAME.match(str(name)) or "__" in str(name):
-                raise SweepError(f"name {name!r} must be letters, digits and _ . + - (no '__', no spaces): "
-                                 "it becomes part of a folder name")
+                raise SweepError(
+                    f"name {name!r} must be letters, digits and _ . + - (no '__', no spaces): "
+                    "it becomes part of a folder name"
+                )
         for v in self.variants.values():
             for d in v.datasets or ():
                 if d not in self.datasets:
-                    raise SweepError(f"variant {v.name!r} lists dataset {d!r}, which the sweep does not define; "
-                                     f"defined: {sorted(self.datasets)}")
+                    raise SweepError(
+                        f"variant {v.name!r} lists dataset {d!r}, which the sweep does not define; "
+                        f"defined: {sorted(self.datasets)}"
+                    )
         if self.baseline is not None and self.baseline not in self.variants:
             raise SweepError(f"baseline {self.baseline!r} is not a variant; variants: {sorted(self.variants)}")
 
     def trials(self) -> list[Trial]:
         out = []
         for v in self.variants.values():
-            for d in (v.datasets or tuple(self.datasets)):
+            for d in v.datasets or tuple(self.datasets):
                 out += [Trial(v.name, d, s) for s in self.seeds]
         return out
 
     def trial_dir(self, trial: Trial) -> Path:
         return self.runs_dir / trial.key
 
-    def select(self, variants: list[str] | None = None, datasets: list[str] | None = None,
-               seeds: list[int] | None = None) -> "Sweep":
+    def select(
+        self, variants: list[str] | None = None, datasets: list[str] | None = None, seeds: list[int] | None = None
+    ) -> "Sweep":
         """The same sweep restricted to some variants, datasets or seeds (unknown names are refused)."""
         for wanted, have, what in ((variants, self.variants, "variant"), (datasets, self.datasets, "dataset")):
             for w in wanted or ():
@@ -151,9 +160,12 @@ class Sweep:
             sweep.variants = {k: v for k, v in self.variants.items() if k in variants}
         if datasets:
             sweep.datasets = {k: v for k, v in self.datasets.items() if k in datasets}
-            sweep.variants = {k: Variant(v.name, v.config, v.overrides,
-                                         tuple(d for d in (v.datasets or self.datasets) if d in datasets))
-                              for k, v in sweep.variants.items()}
+            sweep.variants = {
+                k: Variant(
+                    v.name, v.config, v.overrides, tuple(d for d in (v.datasets or self.datasets) if d in datasets)
+                )
+                for k, v in sweep.variants.items()
+            }
         if seeds:
             sweep.seeds = list(seeds)
         if sweep.baseline not in sweep.variants:
@@ -181,8 +193,18 @@ def load_sweep(path: str | Path) -> Sweep:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise SweepError(f"sweep file {path} is not valid YAML{where}: {getattr(err, 'problem', err)}") from err
     raw = _mapping(raw, f"sweep file {path}")
-    known = {"name", "out", "runs_dir", "baseline", "seeds", "budget", "datasets", "variants", "description",
-             "protocol"}
+    known = {
+        "name",
+        "out",
+        "runs_dir",
+        "baseline",
+        "seeds",
+        "budget",
+        "datasets",
+        "variants",
+        "description",
+        "protocol",
+    }
     unknown = sorted(set(raw) - known)
     if unknown:
         raise SweepError(f"sweep file {path}: unknown keys {unknown}; allowed: {sorted(known)}")
@@ -190,7 +212,8 @@ def load_sweep(path: str | Path) -> Sweep:
         budget = Budget(**_mapping(raw.get("budget"), "budget"))
     except TypeError as err:
         raise SweepError(
-            f"sweep file {path}: budget: {err}; allowed keys: {list(Budget.__dataclass_fields__)}") from err
+            f"sweep file {path}: budget: {err}; allowed keys: {list(Budget.__dataclass_fields__)}"
+        ) from err
     datasets = {}
     for name, d in _mapping(raw.get("datasets"), "datasets").items():
         d = dict(_mapping(d, f"datasets.{name}"))
@@ -206,15 +229,26 @@ def load_sweep(path: str | Path) -> Sweep:
         if extra:
             raise SweepError(f"variants.{name}: unknown keys {extra}; allowed: config, overrides, datasets")
         ds = v.get("datasets")
-        variants[str(name)] = Variant(str(name), str(v["config"]),
-                                      dict(_mapping(v.get("overrides"), f"variants.{name}.overrides")),
-                                      tuple(ds) if ds is not None else None)
+        variants[str(name)] = Variant(
+            str(name),
+            str(v["config"]),
+            dict(_mapping(v.get("overrides"), f"variants.{name}.overrides")),
+            tuple(ds) if ds is not None else None,
+        )
     seeds = raw.get("seeds", [0, 1, 2, 3, 4])
     if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise SweepError(f"seeds must be a list of integers, got {seeds!r}")
-    return Sweep(name=str(raw.get("name", path.stem)), variants=variants, datasets=datasets, seeds=seeds,
-                 budget=budget, baseline=raw.get("baseline"), out=Path(raw.get("out", "benchmarks/results")),
-                 runs_dir=Path(raw.get("runs_dir", f"runs/sweeps/{raw.get('name', path.stem)}")), source=path)
+    return Sweep(
+        name=str(raw.get("name", path.stem)),
+        variants=variants,
+        datasets=datasets,
+        seeds=seeds,
+        budget=budget,
+        baseline=raw.get("baseline"),
+        out=Path(raw.get("out", "benchmarks/results")),
+        runs_dir=Path(raw.get("runs_dir", f"runs/sweeps/{raw.get('name', path.stem)}")),
+        source=path,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- trial configs
@@ -228,7 +262,7 @@ def _set_dotted(cfg: dict, dotted: str, value: Any, where: str) -> None:
         elif nxt is None:
             nxt = node.setdefault(k, {})
         if not isinstance(nxt, dict):
-            raise SweepError(f"{where}: cannot set {dotted!r}: {'.'.join(keys[:i + 1])} is not a mapping")
+            raise SweepError(f"{where}: cannot set {dotted!r}: {'.'.join(keys[: i + 1])} is not a mapping")
         node = nxt
     node[keys[-1]] = value
 
@@ -239,8 +273,9 @@ def trial_config(sweep: Sweep, trial: Trial) -> dict:
     variant, dataset, b = sweep.variants[trial.variant], sweep.datasets[trial.dataset], sweep.budget
     cfg_path = Path(variant.config)
     if not cfg_path.is_file():
-        raise SweepError(f"variant {variant.name!r}: config {cfg_path} does not exist (paths are relative to the "
-                         "working directory)")
+        raise SweepError(
+            f"variant {variant.name!r}: config {cfg_path} does not exist (paths are relative to the working directory)"
+        )
     cfg = yaml.safe_load(cfg_path.read_text()) or {}
     for key, value in variant.overrides.items():
         _set_dotted(cfg, str(key), copy.deepcopy(value), f"variant {variant.name!r}")
@@ -250,17 +285,36 @@ def trial_config(sweep: Sweep, trial: Trial) -> dict:
     data["max_transitions"] = dataset.max_transitions
     tr = cfg.setdefault("trainer", {})
     run_dir = sweep.trial_dir(trial)
-    tr.update(max_epochs=b.epochs, max_steps=-1, default_root_dir=str(run_dir), enable_progress_bar=False,
-              enable_model_summary=False)
-    tr["logger"] = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                    "init_args": {"save_dir": str(run_dir), "name": "", "version": "logs"}}
+    tr.update(
+        max_epochs=b.epochs,
+        max_steps=-1,
+        default_root_dir=str(run_dir),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    tr["logger"] = {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": str(run_dir), "name": "", "version": "logs"},
+    }
     callbacks = [cb for cb in tr.get("callbacks") or [] if not str(cb.get("class_path", "")).endswith("EvalCallback")]
-    callbacks.insert(0, {"class_path": "c4_lightning.evaluation.EvalCallback",
-                         "init_args": {"every_n_epochs": b.eval_every // b.steps_per_epoch,
-                                       "episodes": b.eval_episodes, "final_window": b.score_window}})
+    callbacks.insert(
+        0,
+        {
+            "class_path": "c4_lightning.evaluation.EvalCallback",
+            "init_args": {
+                "every_n_epochs": b.eval_every // b.steps_per_epoch,
+                "episodes": b.eval_episodes,
+                "final_window": b.score_window,
+            },
+        },
+    )
     if not any(str(cb.get("class_path", "")).endswith("ModelCheckpoint") for cb in callbacks):
-        callbacks.append({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                          "init_args": {"save_last": True, "every_n_epochs": 1}})
+        callbacks.append(
+            {
+                "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                "init_args": {"save_last": True, "every_n_epochs": 1},
+            }
+        )
     tr["callbacks"] = callbacks
     return cfg
 

@@ -10,6 +10,7 @@ improvement ``P(X > Y)`` (the Mann-Whitney statistic averaged over tasks).
 
 All functions take ``scores`` as a list with one 1-D array per task (the seeds of that task).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,8 +36,9 @@ def _tasks(scores) -> list[np.ndarray]:
     return tasks
 
 
-def bootstrap_ci(scores, statistic, seed: int = 0, resamples: int = RESAMPLES,
-                 confidence: float = CONFIDENCE) -> tuple[float, float]:
+def bootstrap_ci(
+    scores, statistic, seed: int = 0, resamples: int = RESAMPLES, confidence: float = CONFIDENCE
+) -> tuple[float, float]:
     """Percentile-bootstrap CI of ``statistic(list of per-task arrays)``, resampling runs within each task.
 
     With a single run in every task there is nothing to resample: the interval collapses to the point value."""
@@ -52,9 +54,16 @@ def bootstrap_ci(scores, statistic, seed: int = 0, resamples: int = RESAMPLES,
             full[i] = t
         return statistic(full)
 
-    res = stats.bootstrap(tuple(tasks[i] for i in varying), resampled, vectorized=False, paired=False,
-                          n_resamples=resamples, confidence_level=confidence, method="percentile",
-                          random_state=np.random.default_rng(seed))
+    res = stats.bootstrap(
+        tuple(tasks[i] for i in varying),
+        resampled,
+        vectorized=False,
+        paired=False,
+        n_resamples=resamples,
+        confidence_level=confidence,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+    )
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
@@ -96,8 +105,7 @@ def probability_of_improvement(x, y) -> float:
     return float(np.mean(per_task))
 
 
-def probability_of_improvement_with_ci(x, y, seed: int = 0,
-                                       resamples: int = RESAMPLES) -> tuple[float, float, float]:
+def probability_of_improvement_with_ci(x, y, seed: int = 0, resamples: int = RESAMPLES) -> tuple[float, float, float]:
     """``P(X > Y)`` with a stratified bootstrap CI (``x`` and ``y`` resampled independently within each task)."""
     xs, ys = _tasks(x), _tasks(y)
     k = len(xs)

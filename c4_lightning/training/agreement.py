@@ -5,6 +5,7 @@ rank only: a rank that stopped alone would leave the others waiting forever in t
 such check point therefore agrees across ranks with one small collective (:func:`agree_max`): every rank takes the
 same branch, writes the same (collective) checkpoint and exits with the same code. On one process it costs nothing.
 """
+
 from __future__ import annotations
 
 import torch

@@ -6,6 +6,7 @@ the trainer's checkpoint IO) goes through :func:`load_checkpoint`, which uses Py
 (``weights_only=True``): tensors, containers and plain Python values only. Our own checkpoints hold nothing
 else (callback and sampler states are stored as tensors and plain values), so no allow-list is needed.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -49,13 +50,16 @@ def load_checkpoint(path: str | Path, map_location: Any = None) -> dict:
         if "global" in detail.lower():  # the file names a class or function to call: refuse it
             raise UnsafeCheckpointError(
                 f"refusing to load checkpoint {path}: it asks to build objects other than tensors and plain values "
-                f"({detail}), which c4_lightning checkpoints never hold; loading it could run code") from err
-        raise ValueError(f"checkpoint {path} cannot be read ({detail}): it is corrupt or not a torch "
-                         "checkpoint") from err
+                f"({detail}), which c4_lightning checkpoints never hold; loading it could run code"
+            ) from err
+        raise ValueError(
+            f"checkpoint {path} cannot be read ({detail}): it is corrupt or not a torch checkpoint"
+        ) from err
     except Exception as err:  # EOFError, RuntimeError (zip archive), ...: a damaged or foreign file
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"checkpoint {path} cannot be read ({first[:160]}): it is corrupt, truncated or not a "
-                         "torch checkpoint") from err
+        raise ValueError(
+            f"checkpoint {path} cannot be read ({first[:160]}): it is corrupt, truncated or not a torch checkpoint"
+        ) from err
     if not isinstance(checkpoint, dict):
         raise ValueError(f"checkpoint {path} holds a {type(checkpoint).__name__}, not a checkpoint dict")
     return checkpoint

@@ -7,6 +7,7 @@
   next start (:func:`remove_stale_temporaries`).
 * :func:`checkpoint_dir`: where a run's checkpoints go.
 """
+
 from __future__ import annotations
 
 import os
@@ -89,11 +90,11 @@ class CheckpointWriteError(OSError):
         intact = last if last.is_file() else (path if path.is_file() else None)
         self.intact = intact
         reason = err.strerror or str(err) or type(err).__name__
-        self.message = (f"cannot write checkpoint {path} ({reason}); "
-                        + (f"{intact} is intact: free space or make {path.parent} writable, then resume with "
-                           f"--ckpt_path {intact}" if intact else
-                           f"no earlier checkpoint exists in {path.parent}: free space or make it writable and "
-                           "start again"))
+        self.message = f"cannot write checkpoint {path} ({reason}); " + (
+            f"{intact} is intact: free space or make {path.parent} writable, then resume with --ckpt_path {intact}"
+            if intact
+            else f"no earlier checkpoint exists in {path.parent}: free space or make it writable and start again"
+        )
 
     def __str__(self) -> str:
         return self.message

@@ -4,6 +4,7 @@ TensorBoard (``add_image``), Weights & Biases (``log_image``) and MLflow (``log_
 through their own API; any other logger (CSV, ...) gets a PNG file in its log folder,
 ``<log_dir>/images/<tag>_step<step>.png``, so no logger silently drops the pictures.
 """
+
 from __future__ import annotations
 
 import re

@@ -9,6 +9,7 @@
 * :class:`PeriodicCheckpoint` -- writes ``last.ckpt`` every ``every_n_updates`` updates inside an epoch (the
   end-of-epoch ``last.ckpt`` comes from ``ModelCheckpoint``), so ``kill -9`` loses at most that many updates.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -22,8 +23,9 @@ def _epoch_finished(fit_loop: dict[str, Any]) -> bool:
     and its last batch was trained on."""
     total = fit_loop["epoch_progress"]["total"]
     batches = fit_loop["epoch_loop.batch_progress"]
-    return (total["ready"] == total["started"] == total["processed"] == total["completed"] + 1
-            and bool(batches.get("is_last_batch")))
+    return total["ready"] == total["started"] == total["processed"] == total["completed"] + 1 and bool(
+        batches.get("is_last_batch")
+    )
 
 
 def resume_epoch_end_as_finished(checkpoint: dict[str, Any], max_steps: int) -> bool:
@@ -48,8 +50,10 @@ class PeriodicCheckpoint(Callback):
 
     def __init__(self, every_n_updates: int = 500, filename: str = "last.ckpt"):
         if isinstance(every_n_updates, bool) or not isinstance(every_n_updates, int) or every_n_updates < 0:
-            raise ValueError(f"PeriodicCheckpoint every_n_updates={every_n_updates!r} must be an integer >= 0 "
-                             "(0 turns mid-epoch checkpoints off)")
+            raise ValueError(
+                f"PeriodicCheckpoint every_n_updates={every_n_updates!r} must be an integer >= 0 "
+                "(0 turns mid-epoch checkpoints off)"
+            )
         self.every_n_updates, self.filename = every_n_updates, filename
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

@@ -7,12 +7,21 @@ requested model configuration is compared with the checkpoint's first: a change 
 or C4's partition structure stops the run in one line; any other changed setting (learning rates, penalty weight,
 gamma, ...) is kept as requested, and the learning rates are set on the restored optimisers.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
-STRUCTURAL = ("hidden_dims", "critic_layer_norm", "q_normalizer", "c4.enabled",
-              "c4.n_clusters", "c4.pca_dim", "c4.feature", "c4.extend_with_trajectory_tail")
+STRUCTURAL = (
+    "hidden_dims",
+    "critic_layer_norm",
+    "q_normalizer",
+    "c4.enabled",
+    "c4.n_clusters",
+    "c4.pca_dim",
+    "c4.feature",
+    "c4.extend_with_trajectory_tail",
+)
 """Settings that define what the checkpoint holds: a resume cannot change them."""
 
 IGNORED = ("_class_path", "_instantiator", "obs_dim", "act_dim")  # obs/act dims come from the data when None
@@ -33,15 +42,19 @@ def compare(requested_class: str | None, requested: dict, checkpoint_hparams: di
     requested value)}`` for the changes it applies. ``requested`` are the model's ``init_args`` as configured."""
     saved_class = checkpoint_hparams.get("_class_path")
     if requested_class and saved_class and requested_class.split(".")[-1] != saved_class.split(".")[-1]:
-        raise ValueError(f"--ckpt_path {ckpt_path} was written by {saved_class.split('.')[-1]}, but the config trains "
-                         f"{requested_class.split('.')[-1]}: resume with the run's own config (its config.yaml) or "
-                         "start a new run without --ckpt_path")
+        raise ValueError(
+            f"--ckpt_path {ckpt_path} was written by {saved_class.split('.')[-1]}, but the config trains "
+            f"{requested_class.split('.')[-1]}: resume with the run's own config (its config.yaml) or "
+            "start a new run without --ckpt_path"
+        )
     saved, wanted = _flatten(checkpoint_hparams), _flatten(requested)
     changed = {k: (saved[k], wanted[k]) for k in wanted if k in saved and k not in IGNORED and saved[k] != wanted[k]}
     refused = {k: v for k, v in changed.items() if k in STRUCTURAL}
     if refused:
         what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(refused.items()))
-        raise ValueError(f"--ckpt_path {ckpt_path} cannot resume with a different {what} (the checkpoint's networks "
-                         "and C4 state were built for the old value): keep the checkpoint's setting, or start a new "
-                         "run without --ckpt_path")
+        raise ValueError(
+            f"--ckpt_path {ckpt_path} cannot resume with a different {what} (the checkpoint's networks "
+            "and C4 state were built for the old value): keep the checkpoint's setting, or start a new "
+            "run without --ckpt_path"
+        )
     return changed

@@ -1,5 +1,6 @@
 """The global RNG states (torch CPU/CUDA, numpy, random) that go into a checkpoint, so a resumed run draws the same
 random numbers as an uninterrupted one."""
+
 from __future__ import annotations
 
 import random
@@ -12,9 +13,11 @@ import torch
 def rng_state() -> dict[str, Any]:
     """The global RNG states a training step may draw from (torch CPU and CUDA, numpy, random)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"torch": torch.get_rng_state(),  # tensors and plain Python values only (weights_only loading)
-             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
-             "python": random.getstate()}
+    state = {
+        "torch": torch.get_rng_state(),  # tensors and plain Python values only (weights_only loading)
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -28,8 +31,9 @@ def set_rng_state(state: dict[str, Any] | None) -> None:
         torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8).cpu())
     if state.get("numpy") is not None:
         kind, keys, pos, has_gauss, cached = state["numpy"]
-        np.random.set_state((kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), int(pos), int(has_gauss),
-                             float(cached)))
+        np.random.set_state(
+            (kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), int(pos), int(has_gauss), float(cached))
+        )
     if state.get("python") is not None:
         random.setstate(state["python"])
     if state.get("cuda") is not None and torch.cuda.is_available():

@@ -4,6 +4,7 @@
 (atomically) and :class:`TrainingInterrupted` ends the run with exit code 128 + the signal number. Under DDP every
 rank agrees on the stop (:func:`c4_lightning.training.agreement.agree_max`).
 """
+
 from __future__ import annotations
 
 import signal
