@@ -622,44 +622,23 @@ def test_resume_applies_a_changed_c4_setting(tmp_path):
     assert saved["global_step"] == 6 and saved["hyper_parameters"]["c4"]["penalty_weight"] == 0.5
 
 
-def test_nan_check_off_still_fails_a_run_whose_weights_went_non_finite(tmp_path):
-    root = tmp_path / "runs"
-    poison = json.dumps([{"class_path": "sweep_helpers.PoisonBatch", "init_args": {"at_step": 2}}])
+def _tiny_cli_run(root: Path, epochs: int, callbacks: list[dict], *extra: str) -> subprocess.CompletedProcess:
+    """``train.py fit`` on TD3+BC, 3 updates per epoch, with test callbacks from ``tests/sweep_helpers.py``."""
     env = dict(
         os.environ,
         OMP_NUM_THREADS="1",
         PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
     )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "fit",
-            "--config",
-            "configs/td3bc.yaml",
-            "--trainer.default_root_dir",
-            str(root),
-            "--data.steps_per_epoch",
-            "3",
-            "--data.batch_size",
-            "32",
-            "--trainer.max_epochs",
-            "1",
-            "--model.init_args.hidden_dims",
-            "[32,32]",
-            "--model.init_args.nan_check",
-            "false",
-            "--trainer.enable_progress_bar",
-            "false",
-            "--trainer.callbacks",
-            poison,
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    args = ["--trainer.default_root_dir", str(root), "--data.steps_per_epoch", "3", "--data.batch_size", "32"]
+    args += ["--trainer.max_epochs", str(epochs), "--model.init_args.hidden_dims", "[32,32]"]
+    args += ["--trainer.enable_progress_bar", "false", "--trainer.callbacks", json.dumps(callbacks), *extra]
+    cmd = [sys.executable, "train.py", "fit", "--config", "configs/td3bc.yaml", *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_nan_check_off_still_fails_a_run_whose_weights_went_non_finite(tmp_path):
+    poison = {"class_path": "sweep_helpers.PoisonBatch", "init_args": {"at_step": 2}}
+    proc = _tiny_cli_run(tmp_path / "runs", 1, [poison], "--model.init_args.nan_check", "false")
     assert proc.returncode == 3, proc.stderr[-3000:]
     error = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(error) == 1 and "training ended with non-finite weights" in error[0] and "nan_check true" in error[0]
@@ -667,40 +646,8 @@ def test_nan_check_off_still_fails_a_run_whose_weights_went_non_finite(tmp_path)
 
 def test_a_full_disk_names_the_intact_checkpoint_in_one_line(tmp_path):
     root = tmp_path / "runs"
-    full = json.dumps([{"class_path": "sweep_helpers.DiskFullFrom", "init_args": {"epoch": 1}}])
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
-    )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "fit",
-            "--config",
-            "configs/td3bc.yaml",
-            "--trainer.default_root_dir",
-            str(root),
-            "--data.steps_per_epoch",
-            "3",
-            "--data.batch_size",
-            "32",
-            "--trainer.max_epochs",
-            "3",
-            "--model.init_args.hidden_dims",
-            "[32,32]",
-            "--trainer.enable_progress_bar",
-            "false",
-            "--trainer.callbacks",
-            full,
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    full = {"class_path": "sweep_helpers.DiskFullFrom", "init_args": {"epoch": 1}}
+    proc = _tiny_cli_run(root, 3, [full])
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]

@@ -35,6 +35,18 @@ def _check_obs_act(obs: torch.Tensor, act: torch.Tensor, oname: str, aname: str)
         )
 
 
+def _check_transitions(obs: torch.Tensor, act: torch.Tensor, next_obs: torch.Tensor, next_act: torch.Tensor) -> None:
+    """Both sides are ``[N, dim]`` floating point with the same rows (the next step's widths may differ: a
+    state-value backup takes no action)."""
+    _check_obs_act(obs, act, "obs", "act")
+    _check_obs_act(next_obs, next_act, "next_obs", "next_act")
+    if next_obs.shape[0] != obs.shape[0] or next_act.shape[0] != obs.shape[0]:
+        raise ValueError(
+            f"next_obs/next_act must have the rows of obs/act ({obs.shape[0]}), got {tuple(next_obs.shape)} and "
+            f"{tuple(next_act.shape)}"
+        )
+
+
 def _ensemble_size(critic: nn.Module) -> int:
     e = getattr(critic, "ensemble_size", None)
     if not isinstance(e, int) or e < 1:
@@ -109,14 +121,8 @@ def clustering_features(
         raise ValueError(f"kind must be one of {list(FEATURE_KINDS)}, got {kind!r}")
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int (rows per forward pass) or None, got {chunk_size!r}")
-    _check_obs_act(obs, act, "obs", "act")
-    _check_obs_act(next_obs, next_act, "next_obs", "next_act")
+    _check_transitions(obs, act, next_obs, next_act)
     n = obs.shape[0]
-    if next_obs.shape[0] != n or next_act.shape[0] != n:
-        raise ValueError(
-            f"next_obs/next_act must have the rows of obs/act ({n}), got {tuple(next_obs.shape)} and "
-            f"{tuple(next_act.shape)}"
-        )
     if n == 0:
         raise ValueError("obs has no rows; pass at least one transition")
     _ensemble_size(critic)
@@ -178,13 +184,7 @@ class CriticFeatureRows:
         kind: str = "penultimate",
         chunk_size: int | None = None,
     ):
-        _check_obs_act(obs, act, "obs", "act")
-        _check_obs_act(next_obs, next_act, "next_obs", "next_act")
-        if next_obs.shape[0] != obs.shape[0] or next_act.shape[0] != act.shape[0]:
-            raise ValueError(
-                f"next_obs/next_act must have the rows of obs/act ({obs.shape[0]}), got {tuple(next_obs.shape)} and "
-                f"{tuple(next_act.shape)}"
-            )
+        _check_transitions(obs, act, next_obs, next_act)
         self.critic, self.target_critic, self.kind, self.chunk_size = critic, target_critic, kind, chunk_size
         self._data = (obs, act, next_obs, next_act)
         first = clustering_features(
