@@ -20,8 +20,9 @@ the data are recorded), ``last.ckpt`` every epoch, graceful SIGTERM/SIGINT stop 
 and a progress bar showing the update count, the latest losses and the latest normalised score.
 ``trainer.log_every_n_steps`` also sets the module's logging interval (one knob, so logged steps always match).
 
-Distributed training: ``--trainer.strategy ddp`` trains with ``find_unused_parameters=True`` (the manual
-optimisation runs several backward passes per step that each touch only part of the parameters); for
+Distributed training: ``--trainer.strategy ddp`` trains with ``find_unused_parameters=True`` (set by the module's
+``setup``: the manual optimisation runs several backward passes per step that each touch only part of the
+parameters); for
 several machines add ``--trainer.num_nodes N`` and launch the same command on each node (torchrun or
 SLURM, see Lightning's multi-node docs). Each rank draws its own batch of the same cluster.
 Precision: ``32-true`` (default), ``bf16-mixed`` (CPU and GPU) and ``16-mixed`` (CUDA only: fp16 autocast with
@@ -43,7 +44,6 @@ from typing import Any, Optional
 from jsonargparse import ActionConfigFile
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.strategies import DDPStrategy
 
 from c4_lightning.algos.base import NonFiniteLossError, OfflineRLModule
 from c4_lightning.data.datamodule import OfflineRLDataModule
@@ -220,14 +220,6 @@ class C4ProgressBar(TQDMProgressBar):
 # ---------------------------------------------------------------------------------------------- CLI
 
 
-def enable_unused_parameter_detection(strategy) -> None:
-    """Manual optimisation runs several backward passes per step (critic, actor, temperature), each reaching
-    only some parameters: plain ``ddp`` would wait forever for the others' gradients. Switch DDP to
-    ``find_unused_parameters=True`` unless the user chose explicitly (``ddp_find_unused_parameters_false``)."""
-    if isinstance(strategy, DDPStrategy):
-        strategy._ddp_kwargs.setdefault("find_unused_parameters", True)
-
-
 class C4LightningCLI(LightningCLI):
     """LightningCLI with the package's defaults: TensorBoard, evaluation, ``last.ckpt`` every epoch,
     graceful SIGTERM/SIGINT handling and the C4 progress bar are always on, DDP works with manual
@@ -352,7 +344,6 @@ class C4LightningCLI(LightningCLI):
         for c in callbacks:
             if isinstance(c, ModelCheckpoint) and not c.save_last:
                 c.save_last = True
-        enable_unused_parameter_detection(trainer.strategy)
         configure_evaluation(
             trainer,
             (self.config.get(self.subcommand) or {}).get("eval") if self.subcommand else self.config.get("eval"),
