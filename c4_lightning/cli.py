@@ -366,7 +366,7 @@ class C4LightningCLI(LightningCLI):
         score = evals[0].final_score() if evals else None
         ckpt = next((c.last_model_path for c in self.trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
         trainer = self.trainer
-        print(f"\ntraining finished at update {trainer.global_step} (epoch {trainer.current_epoch})")
+        print(f"\ntraining finished after {trainer.global_step} updates ({trainer.current_epoch} epochs)")
         print(logs_line(trainer.loggers, log_dir))
         if ckpt:
             print(f"last checkpoint: {ckpt}")

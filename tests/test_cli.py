@@ -374,7 +374,7 @@ def test_fit_from_the_command_line_logs_everything(tmp_path):
     # a quiet console: the final score once, where training stopped on a line of its own (not inside the bar)
     assert proc.stdout.count("final normalized score") == 1 and "final score (mean" not in proc.stdout
     assert "`Trainer.fit` stopped" not in proc.stdout
-    assert any(line.startswith("training finished at update ") for line in proc.stdout.splitlines())
+    assert any(line.startswith("training finished after ") for line in proc.stdout.splitlines())
     # hyper-parameters of the model (with the C4 group) and of the data are recorded
     hparams = yaml.safe_load((log_dir / "hparams.yaml").read_text())
     assert hparams["c4"]["penalty_weight"] == 0.3 and hparams["c4"]["enabled"] is True
