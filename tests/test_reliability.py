@@ -454,51 +454,35 @@ def test_checkpoints_get_the_umask_mode_and_stale_temporaries_are_removed(tmp_pa
     assert not stale.exists() and other.exists() and path.exists()
 
 
-def test_nonfinite_advice_works_end_to_end(tmp_path):
-    """The NaN stop names the checkpoint to resume from; resuming from it with a lower learning rate trains to the
-    end with that learning rate (the optimiser state no longer brings the old one back)."""
-    root = tmp_path / "runs"
-    poison = json.dumps([{"class_path": "sweep_helpers.PoisonBatch", "init_args": {"at_step": 7}}])
-    base = [
-        sys.executable,
-        "train.py",
-        "fit",
-        "--config",
-        "configs/td3bc.yaml",
-        "--trainer.default_root_dir",
-        str(root),
-        "--data.steps_per_epoch",
-        "3",
-        "--data.batch_size",
-        "32",
-        "--trainer.max_epochs",
-        "4",
-        "--model.init_args.hidden_dims",
-        "[32,32]",
-        "--trainer.enable_progress_bar",
-        "false",
-    ]
+def _tiny_cli_run(
+    root: Path, epochs: int, callbacks: list[dict], *extra: str, config: str = "configs/td3bc.yaml"
+) -> subprocess.CompletedProcess:
+    """``train.py fit`` with 32-unit networks, 3 updates of 32 transitions per epoch, the given callbacks (test ones
+    from ``tests/sweep_helpers.py``) and ``extra`` arguments last."""
     env = dict(
         os.environ,
         OMP_NUM_THREADS="1",
         PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
     )
-    proc = subprocess.run(
-        base + ["--trainer.callbacks", poison], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
-    )
+    args = ["--trainer.default_root_dir", str(root), "--data.steps_per_epoch", "3", "--data.batch_size", "32"]
+    args += ["--trainer.max_epochs", str(epochs), "--model.init_args.hidden_dims", "[32,32]"]
+    args += ["--trainer.enable_progress_bar", "false", "--trainer.callbacks", json.dumps(callbacks), *extra]
+    cmd = [sys.executable, "train.py", "fit", "--config", config, *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_nonfinite_advice_works_end_to_end(tmp_path):
+    """The NaN stop names the checkpoint to resume from; resuming from it with a lower learning rate trains to the
+    end with that learning rate (the optimiser state no longer brings the old one back)."""
+    root = tmp_path / "runs"
+    poison = {"class_path": "sweep_helpers.PoisonBatch", "init_args": {"at_step": 7}}
+    proc = _tiny_cli_run(root, 4, [poison])
     assert proc.returncode == 3, proc.stderr[-3000:]
     error = next(ln for ln in proc.stderr.splitlines() if ln.startswith("error:"))
     assert "non-finite critic_loss at update 7" in error
     resume_from = Path(error.split("resume from ")[1].split(" (the last checkpoint")[0])
     assert resume_from.name == "last.ckpt" and torch.load(resume_from, weights_only=True)["global_step"] == 6
-    proc = subprocess.run(
-        base + ["--trainer.callbacks", "[]", "--ckpt_path", str(resume_from), "--model.init_args.critic_lr", "1e-4"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = _tiny_cli_run(root, 4, [], "--ckpt_path", str(resume_from), "--model.init_args.critic_lr", "1e-4")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming with changed settings: critic_lr 0.0003 -> 0.0001" in proc.stderr
     finals = sorted(root.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
@@ -530,37 +514,9 @@ def test_nonfinite_advice_works_end_to_end(tmp_path):
 )
 def test_resume_refuses_what_the_checkpoint_cannot_honour(tmp_path, change, message):
     root = tmp_path / "runs"
-    base = [
-        "fit",
-        "--config",
-        "configs/td3bc.yaml",
-        "--trainer.default_root_dir",
-        str(root),
-        "--data.steps_per_epoch",
-        "3",
-        "--data.batch_size",
-        "32",
-        "--trainer.max_epochs",
-        "1",
-        "--model.init_args.hidden_dims",
-        "[32,32]",
-        "--trainer.callbacks",
-        "[]",
-        "--trainer.enable_progress_bar",
-        "false",
-    ]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    assert (
-        subprocess.run(
-            [sys.executable, "train.py", *base], cwd=REPO, env=env, capture_output=True, timeout=300
-        ).returncode
-        == 0
-    )
+    assert _tiny_cli_run(root, 1, []).returncode == 0
     (ckpt,) = root.rglob("last.ckpt")
-    args = base + change + ["--trainer.max_epochs", "2", "--ckpt_path", str(ckpt)]
-    proc = subprocess.run(
-        [sys.executable, "train.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
-    )
+    proc = _tiny_cli_run(root, 1, [], *change, "--trainer.max_epochs", "2", "--ckpt_path", str(ckpt))
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
@@ -568,72 +524,16 @@ def test_resume_refuses_what_the_checkpoint_cannot_honour(tmp_path, change, mess
 
 def test_resume_applies_a_changed_c4_setting(tmp_path):
     root = tmp_path / "runs"
-    base = [
-        "fit",
-        "--config",
-        "configs/td3bc_c4.yaml",
-        "--trainer.default_root_dir",
-        str(root),
-        "--data.steps_per_epoch",
-        "3",
-        "--data.batch_size",
-        "32",
-        "--trainer.max_epochs",
-        "1",
-        "--model.init_args.hidden_dims",
-        "[32,32]",
-        "--model.c4.pca_dim",
-        "4",
-        "--trainer.callbacks",
-        "[]",
-        "--trainer.enable_progress_bar",
-        "false",
-    ]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    assert (
-        subprocess.run(
-            [sys.executable, "train.py", *base], cwd=REPO, env=env, capture_output=True, timeout=300
-        ).returncode
-        == 0
-    )
+    c4 = ["--model.c4.pca_dim", "4"]
+    assert _tiny_cli_run(root, 1, [], *c4, config="configs/td3bc_c4.yaml").returncode == 0
     (ckpt,) = root.rglob("last.ckpt")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            *base,
-            "--trainer.max_epochs",
-            "2",
-            "--model.c4.penalty_weight",
-            "0.5",
-            "--ckpt_path",
-            str(ckpt),
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    resume = [*c4, "--trainer.max_epochs", "2", "--model.c4.penalty_weight", "0.5", "--ckpt_path", str(ckpt)]
+    proc = _tiny_cli_run(root, 1, [], *resume, config="configs/td3bc_c4.yaml")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "resuming with changed settings: c4.penalty_weight 0.1 -> 0.5" in proc.stderr
     final = max(root.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
     saved = torch.load(final, weights_only=True)
     assert saved["global_step"] == 6 and saved["hyper_parameters"]["c4"]["penalty_weight"] == 0.5
-
-
-def _tiny_cli_run(root: Path, epochs: int, callbacks: list[dict], *extra: str) -> subprocess.CompletedProcess:
-    """``train.py fit`` on TD3+BC, 3 updates per epoch, with test callbacks from ``tests/sweep_helpers.py``."""
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
-    )
-    args = ["--trainer.default_root_dir", str(root), "--data.steps_per_epoch", "3", "--data.batch_size", "32"]
-    args += ["--trainer.max_epochs", str(epochs), "--model.init_args.hidden_dims", "[32,32]"]
-    args += ["--trainer.enable_progress_bar", "false", "--trainer.callbacks", json.dumps(callbacks), *extra]
-    cmd = [sys.executable, "train.py", "fit", "--config", "configs/td3bc.yaml", *args]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_nan_check_off_still_fails_a_run_whose_weights_went_non_finite(tmp_path):
