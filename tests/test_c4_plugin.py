@@ -425,3 +425,17 @@ def test_weighted_penalty_gradient_cannot_shrink_the_features():
     assert abs(float(radial)) < 1e-9
     scaled = weighted_cross_cov_penalty(3.0 * psi.detach(), psi_next, eps=0.0).sum()
     assert float(scaled) == pytest.approx(float(value), rel=1e-12)
+
+
+def test_default_refit_interval_grows_with_the_dataset_explicit_ones_do_not():
+    """The default is 1000 updates, or 5 passes over the data when that is longer (a refit is linear in N);
+    an interval set explicitly is used as given at any size."""
+    cfg = C4Config()
+    assert cfg.refit_cadence(10_000, 256) == ("updates", 1000)  # 5 passes = 196 updates
+    assert cfg.refit_cadence(51_200, 256) == ("updates", 1000)
+    assert cfg.refit_cadence(51_300, 256) == ("updates", 1002)
+    assert cfg.refit_interval_updates(1000, 1_000_000, 256) == 19_532
+    assert cfg.refit_interval_updates(1000, 1_000_000, 512) == 9_766  # the global batch (e.g. 2 ranks x 256)
+    assert C4Config(refit_every_n_updates=1000).refit_cadence(1_000_000, 256) == ("updates", 1000)
+    assert C4Config(refit_every_n_updates=0).refit_cadence(1_000_000, 256) == ("updates", 0)
+    assert C4Config(refit_every_n_epochs=10).refit_interval_updates(1000, 1_000_000, 256) == 10_000

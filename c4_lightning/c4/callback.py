@@ -7,7 +7,7 @@ import time
 import numpy as np
 import torch
 from lightning.pytorch import Callback
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from c4_lightning.c4.clustering import (
     ClusterFitError,
@@ -17,6 +17,7 @@ from c4_lightning.c4.clustering import (
     project_2d,
     raw_features,
 )
+from c4_lightning.c4.config import DEFAULT_REFIT_EVERY_N_UPDATES, DEFAULT_REFIT_MIN_PASSES
 from c4_lightning.c4.features import CriticFeatureRows
 from c4_lightning.c4.metrics import within_cluster_summary
 from c4_lightning.c4.plugin import trajectory_tail_members  # noqa: F401  (re-exported: older imports)
@@ -65,7 +66,7 @@ class ClusterRefitCallback(Callback):
 
     Before the first step (when no partition was restored from a checkpoint) it clusters standardised raw
     (s, a); then at the module's C4 refit cadence (``model.c4.refit_every_n_updates``, default every 1000 updates,
-    or ``refit_every_n_epochs``) it recomputes critic features ``[phi(s,a), phi_bar(s',a')]``, refits the GMM on
+    or ``refit_every_n_epochs``; the default grows to 5 passes over the data on datasets above 51k transitions) it recomputes critic features ``[phi(s,a), phi_bar(s',a')]``, refits the GMM on
     rank 0 (warm-started from the previous partition), broadcasts the labels to all ranks and hands them to the
     sampler through the module's C4 plug-in. A refit on the update cadence happens at the start of the batch after
     the N-th update; the next due step is part of the checkpoint, so a resumed run refits at the same updates. A
@@ -106,13 +107,27 @@ class ClusterRefitCallback(Callback):
     def _cfg(pl_module):
         return pl_module.c4.config
 
-    def cadence(self, pl_module) -> tuple[str, int]:
-        """``("updates" | "epochs", N)``: this callback's own setting, else the module's C4 config."""
+    def cadence(self, trainer, pl_module) -> tuple[str, int]:
+        """``("updates" | "epochs", N)``: this callback's own setting, else the module's C4 config (its default
+        interval grows with the dataset: ``C4Config.refit_cadence``; the batch is the global one over all ranks)."""
         if self.every_n_updates is not None:
             return "updates", self.every_n_updates
         if self.every_n_epochs is not None:
             return "epochs", self.every_n_epochs
-        return self._cfg(pl_module).refit_cadence()
+        dm = trainer.datamodule
+        return self._cfg(pl_module).refit_cadence(dm.num_transitions, dm.batch_size * max(1, trainer.world_size))
+
+    def _announce_default(self, trainer, pl_module) -> None:
+        """Say once when the default interval is longer than 1000 updates because the dataset is large."""
+        kind, every = self.cadence(trainer, pl_module)
+        if self.every_n_updates is None and self.every_n_epochs is None and every != DEFAULT_REFIT_EVERY_N_UPDATES:
+            cfg_kind, _ = self._cfg(pl_module).refit_cadence()
+            if kind == cfg_kind == "updates" and self._cfg(pl_module).refit_every_n_updates is None:
+                rank_zero_info(
+                    f"C4 refits every {every:,} updates ({DEFAULT_REFIT_MIN_PASSES} passes over "
+                    f"{trainer.datamodule.num_transitions:,} transitions, the default for this dataset size); set "
+                    "model.c4.refit_every_n_updates to choose the interval"
+                )
 
     def feature_source(self, trainer, pl_module) -> CriticFeatureRows:
         """The critic features as a row source: computed by the fit as it needs them (the subsample, then every
@@ -251,13 +266,14 @@ class ClusterRefitCallback(Callback):
         )
 
     def on_train_start(self, trainer, pl_module) -> None:
+        self._announce_default(trainer, pl_module)
         if self.labels is None:
             self.partition(trainer, pl_module, initial=True)
         else:  # restored from a checkpoint: the datamodule restored the sampler; keep both in step
             self.apply(trainer, pl_module)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        kind, every = self.cadence(pl_module)
+        kind, every = self.cadence(trainer, pl_module)
         if kind != "updates" or not every:
             return
         if self.next_refit_at is None:
@@ -267,7 +283,7 @@ class ClusterRefitCallback(Callback):
             self.next_refit_at = (trainer.global_step // every + 1) * every
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        kind, every = self.cadence(pl_module)
+        kind, every = self.cadence(trainer, pl_module)
         if kind == "epochs" and every and (trainer.current_epoch + 1) % every == 0:
             self.partition(trainer, pl_module, initial=False)
         self.log_within_cluster(pl_module)

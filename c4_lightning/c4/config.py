@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -12,6 +13,13 @@ FeatureName = Literal["penultimate", "gradient"]
 DEFAULT_REFIT_EVERY_N_UPDATES = 1000
 """Refit cadence when neither ``refit_every_n_updates`` nor ``refit_every_n_epochs`` is set (the authors refit
 every 200 updates; 1000 keeps a refit at 10k transitions near 3% of training time, see BENCHMARKS.md)."""
+
+DEFAULT_REFIT_MIN_PASSES = 5
+"""The default interval is at least this many passes over the dataset, ``ceil(5 * N / batch_size)`` updates. A refit
+costs time linear in N (critic features and labels for every transition) while the training between two refits at a
+fixed interval does not grow with N; the floor keeps a refit a bounded share of training (BENCHMARKS.md "Refit
+scaling": ~3-4% of a TD3+BC run on one CPU core at 1M transitions). On the embedded 10k datasets (5 passes = 196
+updates) the default stays 1000 updates. An interval set explicitly is used as given."""
 
 
 @dataclass
@@ -27,7 +35,9 @@ class C4Config:
         penalty_weight: the paper's lambda; 0 keeps the clustered sampling without the penalty.
         n_clusters: GMM components K.
         refit_every_n_updates: refit the partition every N gradient updates (0 = never refit after the first
-            partition). ``None`` with ``refit_every_n_epochs`` also ``None``: every 1000 updates.
+            partition). ``None`` with ``refit_every_n_epochs`` also ``None``: the default, every
+            ``max(1000, ceil(5 * N / batch_size))`` updates (1000 up to 51,200 transitions at batch 256; 19,532 at
+            1M), so a refit stays a small share of training at any dataset size.
         refit_every_n_epochs: the older epoch cadence (refit at the end of every N-th epoch; 0 = never). Set at most
             one of the two.
         pca_dim: dimensions kept by the projection before the GMM.
@@ -103,17 +113,26 @@ class C4Config:
             if not ok:
                 raise ValueError(message)
 
-    def refit_cadence(self) -> tuple[str, int]:
-        """``("updates", N)`` or ``("epochs", N)``; ``N == 0`` means the first partition is kept."""
+    def refit_cadence(self, num_transitions: int | None = None, batch_size: int | None = None) -> tuple[str, int]:
+        """``("updates", N)`` or ``("epochs", N)``; ``N == 0`` means the first partition is kept.
+
+        An interval set explicitly is returned as given. The default is 1000 updates, raised with the dataset size
+        (``num_transitions`` and the global ``batch_size``) to ``DEFAULT_REFIT_MIN_PASSES`` passes over the data."""
         if self.refit_every_n_epochs is not None:
             return "epochs", int(self.refit_every_n_epochs)
         if self.refit_every_n_updates is not None:
             return "updates", int(self.refit_every_n_updates)
-        return "updates", DEFAULT_REFIT_EVERY_N_UPDATES
+        if num_transitions is None or batch_size is None:
+            return "updates", DEFAULT_REFIT_EVERY_N_UPDATES
+        passes = math.ceil(DEFAULT_REFIT_MIN_PASSES * int(num_transitions) / int(batch_size))
+        return "updates", max(DEFAULT_REFIT_EVERY_N_UPDATES, passes)
 
-    def refit_interval_updates(self, steps_per_epoch: int) -> int:
-        """Updates between two refits at this cadence (0: never refitted)."""
-        kind, n = self.refit_cadence()
+    def refit_interval_updates(
+        self, steps_per_epoch: int, num_transitions: int | None = None, batch_size: int | None = None
+    ) -> int:
+        """Updates between two refits at this cadence (0: never refitted); the default one for this dataset size
+        when ``num_transitions`` and ``batch_size`` are given."""
+        kind, n = self.refit_cadence(num_transitions, batch_size)
         return n * int(steps_per_epoch) if kind == "epochs" else n
 
     def to_dict(self) -> dict:
