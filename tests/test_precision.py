@@ -1,8 +1,11 @@
-"""Mixed precision: ``bf16-mixed`` on CPU trains with C4's ``grad_cross_cov`` penalty (double backprop through
-the critic's input gradients) and keeps every loss finite; ``16-mixed`` is CUDA-only (GradScaler) and is
+"""Mixed precision: ``bf16-mixed`` on CPU trains TD3+BC and CQL with C4 (the default ``cross_cov`` penalty and
+``grad_cross_cov``, double backprop through the critic's input gradients) for 100 updates, keeps every loss finite,
+the master weights, the Q head and the penalty in float32; ``16-mixed`` is CUDA-only (GradScaler) and is
 tested only where a GPU is present."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import lightning as L
 import pytest
@@ -13,7 +16,7 @@ from c4_lightning.algos import CQL, TD3BC
 from c4_lightning.c4.config import C4Config
 from c4_lightning.data.datamodule import OfflineRLDataModule
 
-STEPS = 4
+STEPS = 100
 
 
 class LossRecorder(Callback):
@@ -47,6 +50,7 @@ def fit(cls, precision: str, accelerator: str, penalty: str = "grad_cross_cov"):
         c4=C4Config(enabled=True, penalty=penalty, penalty_weight=0.5, pca_dim=4, fit_subsample=2000),
     )
     model.autocast_seen = []
+    model.dtypes_seen = {"q_head": [], "penalty": []}
     dm = OfflineRLDataModule(batch_size=64, steps_per_epoch=STEPS)
     recorder = LossRecorder()
     trainer = L.Trainer(
@@ -62,8 +66,29 @@ def fit(cls, precision: str, accelerator: str, penalty: str = "grad_cross_cov"):
         callbacks=[recorder],
     )
     before = {k: v.detach().clone() for k, v in model.state_dict().items()} if model._built else None
+    _record_dtypes(model)
     trainer.fit(model, datamodule=dm)
     return model, trainer, recorder, before
+
+
+def _record_dtypes(model) -> None:
+    """Record the dtype of every Q-head output and penalty value (the networks are built in ``setup``)."""
+    spec = model.c4.spec
+
+    def penalty(*args, **kwargs):
+        value = spec.fn(*args, **kwargs)
+        model.dtypes_seen["penalty"].append(value.dtype)
+        return value
+
+    model.c4.spec = dataclasses.replace(spec, fn=penalty)
+    build = model.build_networks
+
+    def build_and_hook(*args, **kwargs):
+        out = build(*args, **kwargs)
+        model.critic.head.register_forward_hook(lambda m, i, o: model.dtypes_seen["q_head"].append(o.dtype))
+        return out
+
+    model.build_networks = build_and_hook
 
 
 def check_run(model, trainer, recorder, dtype) -> None:
@@ -78,11 +103,16 @@ def check_run(model, trainer, recorder, dtype) -> None:
     for name, p in model.named_parameters():
         assert p.dtype == torch.float32 and torch.isfinite(p).all(), name  # master weights stay fp32
     assert torch.isfinite(trainer.callback_metrics["c4/cross_cov_fro"])
+    # the Q head and the penalty stay float32 under autocast (Q values and covariance sums need the mantissa)
+    assert model.dtypes_seen["q_head"] and set(model.dtypes_seen["q_head"]) == {torch.float32}
+    assert model.dtypes_seen["penalty"] and set(model.dtypes_seen["penalty"]) == {torch.float32}
 
 
+@pytest.mark.parametrize("penalty", ["cross_cov", "grad_cross_cov"])
 @pytest.mark.parametrize("cls", [TD3BC, CQL], ids=["TD3BC", "CQL"])
-def test_bf16_mixed_cpu_with_double_backprop_penalty(cls):
-    model, trainer, recorder, _ = fit(cls, "bf16-mixed", "cpu")
+def test_bf16_mixed_cpu_trains_with_c4(cls, penalty):
+    """100 updates under bf16-mixed with the default penalty and with the double-backprop one."""
+    model, trainer, recorder, _ = fit(cls, "bf16-mixed", "cpu", penalty)
     check_run(model, trainer, recorder, torch.bfloat16)
 
 
