@@ -169,9 +169,24 @@ class StepTimer:
         return steps / (self.stamps[warmup + steps - 1] - t0)
 
 
+def c4_settings(spec: str) -> dict:
+    """``C4Config`` fields from a contender name: a penalty, optionally with options, ``name[+field=value...]``
+    (e.g. ``cross_cov+penalty_rows=128``); values are read as YAML scalars."""
+    import yaml
+
+    name, *options = spec.split("+")
+    settings = {"penalty": name}
+    for option in options:
+        field, sep, value = option.partition("=")
+        if not sep or not field:
+            raise ValueError(f"C4 contender {spec!r}: option {option!r} must read field=value")
+        settings[field] = yaml.safe_load(value)
+    return settings
+
+
 def make_module(algo: str, c4: bool | str, refit_every_n_epochs: int = 0, **model_kwargs):
     """Our LightningModule with the package defaults; C4 (lambda 0.1, K 3) off (``False``), on with the default
-    ``cross_cov`` penalty (``True``) or on with the penalty named by ``c4``.
+    ``cross_cov`` penalty (``True``) or on with the penalty (and options) named by ``c4`` (:func:`c4_settings`).
 
     ``refit_every_n_epochs=0``: the timed fits never refit (refits are timed and amortised separately).
     ``model_kwargs`` go to the module (e.g. ``compile=True``)."""
@@ -179,10 +194,8 @@ def make_module(algo: str, c4: bool | str, refit_every_n_epochs: int = 0, **mode
     from c4_lightning.c4.config import C4Config
 
     cls = {"td3bc": TD3BC, "cql": CQL}[algo]
-    penalty = c4 if isinstance(c4, str) else "cross_cov"
-    return cls(
-        c4=C4Config(enabled=bool(c4), penalty=penalty, refit_every_n_epochs=refit_every_n_epochs), **model_kwargs
-    )
+    settings = c4_settings(c4) if isinstance(c4, str) else {"penalty": "cross_cov"}
+    return cls(c4=C4Config(enabled=bool(c4), refit_every_n_epochs=refit_every_n_epochs, **settings), **model_kwargs)
 
 
 def make_trainer(mode: str, max_steps: int, callbacks: list, root: str, device: str, precision: str = "32-true"):

@@ -74,7 +74,8 @@ def parse_args(argv=None):
     ap.add_argument(
         "--penalties",
         default=None,
-        help="C4 penalties to time, comma list of cross_cov,feature_dot,grad_cross_cov "
+        help="C4 penalties to time, comma list of cross_cov,feature_dot,grad_cross_cov,weighted_cross_cov, each "
+        "optionally with C4 options, name+field=value (e.g. cross_cov+penalty_rows=128) "
         "(default cross_cov,feature_dot; quick: cross_cov)",
     )
     ap.add_argument("--dataset", default=bu.DEFAULT_DATASET)
@@ -119,11 +120,17 @@ def parse_args(argv=None):
     args.modes = [m for m in (args.modes or ("lean" if q else "lean,default")).split(",") if m]
     args.algos = [a for a in args.algos.split(",") if a]
     args.penalties = [x for x in (args.penalties or ("cross_cov" if q else "cross_cov,feature_dot")).split(",") if x]
+    from c4_lightning.c4.config import C4Config
     from c4_lightning.c4.penalty import PENALTIES
 
     for pen in args.penalties:
-        if pen not in PENALTIES:
-            ap.error(f"--penalties: unknown {pen!r}; use one of {', '.join(sorted(PENALTIES))}")
+        try:
+            settings = bu.c4_settings(pen)
+            if settings["penalty"] not in PENALTIES:
+                raise ValueError(f"unknown penalty; use one of {', '.join(sorted(PENALTIES))}")
+            C4Config(enabled=True, **settings)
+        except (TypeError, ValueError) as err:
+            ap.error(f"--penalties: {pen!r}: {err}")
     args.precision = [p for p in args.precision.split(",") if p]
     for p in args.precision:
         if p not in ("32-true", "bf16-mixed", "16-mixed"):

@@ -162,12 +162,18 @@ class CQL(OfflineRLModule):
         self.step_optimizer(actor_opt, actor_loss)
 
         # --- critics
-        next_feats = None  # the target critic's features at the dataset's (s', a'), for the C4 penalty
+        next_feats = None  # the target critic's features at (s', a'_data) or (s', a~'), for the C4 penalty
         with torch.no_grad():
             if hp.cql_max_target_backup:
-                q_next_all = self.critic_target(self._repeat(next_obs), a_next).view(2, B, n).min(dim=0).values
+                if self.c4.uses_backup_features():  # c4.penalty_next_action=policy: features at the max's action
+                    q_next_all, feats_all = self.critic_target(self._repeat(next_obs), a_next, return_features=True)
+                else:
+                    q_next_all = self.critic_target(self._repeat(next_obs), a_next)
+                q_next_all = q_next_all.view(2, B, n).min(dim=0).values
                 target_q, arg = q_next_all.max(dim=-1)
                 next_logp = logp_next.view(B, n).gather(1, arg.unsqueeze(-1)).squeeze(-1)
+                if self.c4.uses_backup_features():
+                    next_feats = feats_all.view(2, B, n, -1)[:, torch.arange(B, device=arg.device), arg]
             else:
                 next_logp = backup_logp
                 target_qs, next_feats = self.c4.target_q(self.critic_target, next_obs, a_backup, batch["next_actions"])

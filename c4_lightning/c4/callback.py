@@ -64,14 +64,15 @@ def cluster_scatter_image(
 class ClusterRefitCallback(Callback):
     """Partitions the dataset for C4's single-cluster batches.
 
-    Before the first step (when no partition was restored from a checkpoint) it clusters standardised raw
-    (s, a); then at the module's C4 refit cadence (``model.c4.refit_every_n_updates``, default every 1000 updates,
-    or ``refit_every_n_epochs``; the default grows to 5 passes over the data on datasets above 51k transitions) it recomputes critic features ``[phi(s,a), phi_bar(s',a')]``, refits the GMM on
-    rank 0 (warm-started from the previous partition), broadcasts the labels to all ranks and hands them to the
-    sampler through the module's C4 plug-in. A refit on the update cadence happens at the start of the batch after
-    the N-th update; the next due step is part of the checkpoint, so a resumed run refits at the same updates. A
-    failed fit keeps the previous partition, warns and counts ``c4/refit_failures``. Logs cluster sizes, the
-    sampleable share of the data, refit seconds and a PCA scatter image of the clusters.
+    Before the first step (when no partition was restored from a checkpoint) it clusters standardised raw (s, a);
+    then at the module's C4 refit cadence (``model.c4.refit_every_n_updates``, default every 1000 updates, growing
+    to 5 passes over the data above 51k transitions; or ``refit_every_n_epochs``) it recomputes critic features
+    ``[phi(s,a), phi_bar(s',a')]``, refits the GMM on rank 0 (warm-started from the previous partition), broadcasts
+    the labels to all ranks and hands them to the sampler through the module's C4 plug-in. A refit on the update
+    cadence happens at the start of the batch after the N-th update; the next due step is part of the checkpoint, so
+    a resumed run refits at the same updates. A failed fit keeps the previous partition, warns and counts
+    ``c4/refit_failures``. Logs cluster sizes, the sampleable share of the data, refit seconds and a PCA scatter
+    image of the clusters.
 
     The critic features are never held as one ``[N, 2H]`` matrix: the fit asks for the rows it needs
     (:meth:`feature_source`), and the scatter projects only the points it draws.

@@ -6,9 +6,10 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from c4_lightning.c4.penalty import validate_penalty_name
+from c4_lightning.c4.penalty import PENALTIES, validate_penalty_name
 
 FeatureName = Literal["penultimate", "gradient"]
+NextAction = Literal["data", "policy"]
 
 DEFAULT_REFIT_EVERY_N_UPDATES = 1000
 """Refit cadence when neither ``refit_every_n_updates`` nor ``refit_every_n_epochs`` is set (the authors refit
@@ -53,6 +54,23 @@ class C4Config:
             only (``None``: all rows, the exact batch penalty). A batch's rows are i.i.d. draws, so they are a random
             subset; the plug-in estimate of a squared norm is biased upwards on fewer rows (see BENCHMARKS.md,
             "C4 penalty on a sub-batch").
+        penalty_sketch: estimate the squared Frobenius norm of ``cross_cov`` and ``weighted_cross_cov`` (its
+            numerator) from this many random directions, ``||C R||_F^2 / k`` with ``R`` an ``[H, k]`` matrix of
+            Rademacher (+-1) entries drawn afresh at every update from torch's global generator (checkpointed, so a
+            resume stays exact); ``None``: the exact value. Value and gradient are unbiased given the batch, with a
+            relative spread up to ``sqrt(2 / k)``; the two ``H x B x H`` products per critic become three thin
+            ``B x H x k`` ones (see BENCHMARKS.md, "Cheaper C4 penalty estimators"). Refused for ``feature_dot`` and
+            ``grad_cross_cov``, which compute no such norm.
+        penalty_next_action: the target side of the feature penalties. ``data`` (default, the C4 authors' code): the
+            target critic's features at the dataset's ``(s', a'_data)``, an extra ``m`` rows in the backup's target
+            pass. ``policy``: the features of the backup's own rows at ``(s', a~')``, the action the TD target uses
+            (TD3+BC: target actor + clipped noise; CQL: its sampled next action, or the max-backup's argmax), so no
+            extra rows. Theorem 1 bounds ``Var[delta]`` through ``Cov(Q(s, a), Q_target(s', a~'))``: the TD error's
+            target is evaluated at the backup action, so the covariance that enters it is the one at ``a~'``; the
+            authors' code uses ``a'_data`` (equal only when the policy is the behaviour policy). IQL's backup is
+            ``V(s')`` with no action, so both values give the same penalty there. Refused for ``grad_cross_cov``: its
+            target side is an input-gradient pass of its own, which the backup's pass cannot supply (nothing saved).
+            The probe diagnostics (``c4/cross_cov_*``) and the clustering features keep the dataset's next actions.
     """
 
     enabled: bool = False
@@ -70,6 +88,8 @@ class C4Config:
     average_critics_at_refit: bool = False
     min_cluster_size: int | None = None
     penalty_rows: int | None = None
+    penalty_sketch: int | None = None
+    penalty_next_action: NextAction = "data"
 
     def __post_init__(self) -> None:
         validate_penalty_name(self.penalty)
@@ -107,6 +127,33 @@ class C4Config:
             (
                 self.penalty_rows is None or self.penalty_rows >= 2,
                 f"model.c4.penalty_rows={self.penalty_rows} must be >= 2 (a covariance needs two rows) or null",
+            ),
+            (
+                self.penalty_sketch is None
+                or (
+                    isinstance(self.penalty_sketch, int)
+                    and not isinstance(self.penalty_sketch, bool)
+                    and self.penalty_sketch >= 1
+                ),
+                f"model.c4.penalty_sketch={self.penalty_sketch!r} must be an integer >= 1 (random directions of the "
+                "sketch) or null (the exact penalty)",
+            ),
+            (
+                self.penalty_sketch is None or "penalty_sketch" in PENALTIES[self.penalty].options.values(),
+                f"model.c4.penalty_sketch={self.penalty_sketch} sketches a squared Frobenius norm, which "
+                f"model.c4.penalty={self.penalty} does not compute; it applies to "
+                f"{', '.join(n for n, s in PENALTIES.items() if 'penalty_sketch' in s.options.values())}: set "
+                "model.c4.penalty_sketch=null or choose one of those penalties",
+            ),
+            (
+                self.penalty_next_action in ("data", "policy"),
+                f"model.c4.penalty_next_action={self.penalty_next_action!r} is unknown; use data or policy",
+            ),
+            (
+                self.penalty_next_action == "data" or PENALTIES[self.penalty].inputs != "input_gradients",
+                f"model.c4.penalty_next_action=policy reuses the backup's forward pass for the target features, but "
+                f"model.c4.penalty={self.penalty} needs the target's input gradients, a pass of its own: use "
+                "penalty_next_action=data or a feature penalty (cross_cov, weighted_cross_cov, feature_dot)",
             ),
         ]
         for ok, message in checks:

@@ -10,6 +10,10 @@ so one call gives one penalty per ensemble member; the caller sums or averages t
 Covariance convention: the cross-covariance over the batch is centred and uses ``ddof = 1``
 (``/ (B - 1)``, like ``numpy.cov``), so the covariance functions need ``B >= 2``.
 
+Sketch: ``cross_cov`` and ``weighted_cross_cov`` take ``sketch=k`` (``model.c4.penalty_sketch``), an unbiased
+random estimate of their squared Frobenius norm from ``k`` Rademacher directions (:func:`_sketch`); ``None`` (the
+default) is the exact value, computed exactly as before the option existed.
+
 Precision: half-precision inputs (``float16``/``bfloat16``) are promoted to ``float32`` and autocast is
 disabled inside the covariance, because a covariance summed over a batch of 256 in bf16 loses most of its
 digits. No function here synchronises with the host (no ``.item()``, no data-dependent checks), so they are
@@ -105,7 +109,45 @@ class _CrossCovSquaredNorm(torch.autograd.Function):
         return (xc @ c.transpose(-1, -2)) * (2.0 * ctx.scale * grad_out)[..., None, None], None, None
 
 
-def cross_cov_penalty(phi: torch.Tensor, phi_next: torch.Tensor) -> torch.Tensor:
+def _check_sketch(sketch) -> None:
+    if sketch is not None and (isinstance(sketch, bool) or not isinstance(sketch, int) or sketch < 1):
+        raise ValueError(
+            f"sketch must be an int >= 1 (random directions of the Frobenius-norm sketch) or None (exact), "
+            f"got {sketch!r}"
+        )
+
+
+def _sketch(xc: torch.Tensor, scale: float, sketch: int | None) -> tuple[torch.Tensor, float]:
+    """The one home of the sketch rule: ``(xc, scale)`` for :class:`_CrossCovSquaredNorm`, exact or sketched.
+
+    ``sketch=None``: returned unchanged (the exact ``||phi^T xc||_F^2``, nothing drawn). ``sketch=k``: ``(xc R,
+    scale / k)`` with ``R`` an ``[..., H', k]`` matrix of i.i.d. Rademacher (``+-1``) entries, drawn fresh on every call
+    and independently for every leading index (ensemble member). Then ``||phi^T xc R||_F^2 / k = ||C R||_F^2 / k`` with
+    ``C = phi^T xc``, and since ``E[R R^T] = k I``:
+
+    * value: ``E_R ||C R||_F^2 / k = tr(C E[R R^T] C^T) / k = ||C||_F^2`` (unbiased given the batch);
+    * gradient: ``d/dphi = 2 xc R R^T xc^T phi / k`` is linear in ``R R^T``, so its expectation is the exact gradient
+      ``2 xc xc^T phi`` (unbiased given the batch). ``xc R`` is still centred over the batch (a right product keeps
+      column means at zero), so :class:`_CrossCovSquaredNorm`'s shortcut holds unchanged.
+    * spread: with ``M = C^T C``, ``Var = 2 (||M||_F^2 - sum_j M_jj^2) / k`` (Rademacher quadratic forms): a relative
+      standard deviation up to ``sqrt(2 / k)`` when ``C`` is nearly rank one, smaller when its spectrum is flat. It is
+      zero only for diagonal ``M``, so ``k = H'`` is still random (the exact path is ``None``).
+
+    Cost: ``xc R`` (``B H' k``), ``phi^T (xc R)`` (``H B k``) and the backward ``(xc R) (C R)^T`` (``B k H``) instead of
+    two ``B H H'`` products: cheaper than exact for ``k < 2 H H' / (H' + 2 H)`` (``2 H / 3`` for ``H = H'``).
+
+    Random numbers: ``torch.randint`` on ``xc``'s device, from torch's global generator of that device. The training
+    checkpoint stores the torch CPU and CUDA generator states (``c4_lightning/training/rng.py``), so a resumed run draws
+    the same ``R`` as an uninterrupted one, and ``seed_everything`` makes runs reproducible; nothing is drawn when
+    ``sketch`` is ``None`` or the penalty is off.
+    """
+    if sketch is None:
+        return xc, scale
+    r = torch.randint(0, 2, (*xc.shape[:-2], xc.shape[-1], sketch), device=xc.device, dtype=xc.dtype)
+    return xc @ (r * 2 - 1), scale / sketch
+
+
+def cross_cov_penalty(phi: torch.Tensor, phi_next: torch.Tensor, sketch: int | None = None) -> torch.Tensor:
     """``||Cov_B(phi_next.detach(), phi)||_F^2`` on penultimate features (the package's default until 2026-12).
 
     Scale: grows with the squared feature scale. **Not invariant** to how the critic is parametrised: ReLU is
@@ -116,17 +158,20 @@ def cross_cov_penalty(phi: torch.Tensor, phi_next: torch.Tensor) -> torch.Tensor
     Args:
         phi: online-critic features at ``(s, a)``, ``[..., B, H]`` (receives gradients).
         phi_next: target-critic features at ``(s', a')``, ``[..., B, H']`` (detached here).
+        sketch: ``None`` (exact) or ``k >= 1``: the unbiased Rademacher sketch ``||C R||_F^2 / k`` of the squared
+            norm, drawn afresh on every call (:func:`_sketch`; ``model.c4.penalty_sketch``).
 
     Returns:
         ``[...]``: the squared Frobenius norm per leading index. Zero when either side is constant over the batch.
         Equal to ``cross_covariance(phi, phi_next).square().sum((-2, -1))`` up to rounding, at about half the cost
         (a custom backward; it supports first-order gradients, which training needs, not double backprop).
     """
+    _check_sketch(sketch)
     _check_pair(phi, phi_next, "phi", "phi_next", min_batch=2)
     phi, phi_next = _as_float(phi), _as_float(phi_next.detach())
     with torch.autocast(device_type=phi.device.type, enabled=False):
         xc = phi_next - phi_next.mean(dim=-2, keepdim=True)
-        return _CrossCovSquaredNorm.apply(phi, xc, 1.0 / (phi.shape[-2] - 1) ** 2)
+        return _CrossCovSquaredNorm.apply(phi, *_sketch(xc, 1.0 / (phi.shape[-2] - 1) ** 2, sketch))
 
 
 def feature_dot_penalty(phi: torch.Tensor, phi_next: torch.Tensor) -> torch.Tensor:
@@ -194,7 +239,9 @@ def grad_cross_cov_raw(
     return c.square().sum(dim=(-2, -1)) + beta * torch.diagonal(c, dim1=-2, dim2=-1).sum(-1).square()
 
 
-def weighted_cross_cov_penalty(psi: torch.Tensor, psi_next: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+def weighted_cross_cov_penalty(
+    psi: torch.Tensor, psi_next: torch.Tensor, eps: float = 1e-8, sketch: int | None = None
+) -> torch.Tensor:
     """Normalised cross-covariance of the head-weighted features ``psi = w * phi`` (per unit ``j``:
     ``psi_j = w_j phi_j``, so ``sum_j psi_j = Q - b``):
 
@@ -211,14 +258,20 @@ def weighted_cross_cov_penalty(psi: torch.Tensor, psi_next: torch.Tensor, eps: f
     and the critic can lower it only by decorrelating, not by shrinking the spread of Q within the batch. Cost: one
     ``[H, B] x [B, H]`` product per member, as ``cross_cov``.
 
+    ``sketch=k`` replaces the numerator by its unbiased Rademacher sketch (:func:`_sketch`); the denominator is exact
+    and depends only on the batch, so value and gradient stay unbiased given the batch, and the value stays exactly
+    invariant to the rescaling for a given draw (``psi`` does not change). The ``[0, 1]`` bound holds only in
+    expectation.
+
     Shapes ``[..., B, H]`` -> ``[...]``.
     """
+    _check_sketch(sketch)
     _check_pair(psi, psi_next, "psi", "psi_next", min_batch=2)
     psi, psi_next = _as_float(psi), _as_float(psi_next.detach())
     with torch.autocast(device_type=psi.device.type, enabled=False):
         b = psi.shape[-2]
         xc = psi_next - psi_next.mean(dim=-2, keepdim=True)
-        num = _CrossCovSquaredNorm.apply(psi, xc, 1.0 / (b - 1) ** 2)
+        num = _CrossCovSquaredNorm.apply(psi, *_sketch(xc, 1.0 / (b - 1) ** 2, sketch))
         var_next = xc.square().sum(dim=(-2, -1)) / (b - 1)
         var = (psi - psi.mean(dim=-2, keepdim=True)).square().sum(dim=(-2, -1)) / (b - 1)
         return num / (var_next * var + eps)
@@ -249,9 +302,11 @@ class PenaltySpec:
 INPUT_KINDS = ("features", "head_weighted", "input_gradients")
 
 PENALTIES: dict[str, PenaltySpec] = {
-    "cross_cov": PenaltySpec(cross_cov_penalty, "features"),
+    "cross_cov": PenaltySpec(cross_cov_penalty, "features", {"sketch": "penalty_sketch"}),
     "feature_dot": PenaltySpec(feature_dot_penalty, "features"),
-    "weighted_cross_cov": PenaltySpec(weighted_cross_cov_penalty, "head_weighted", invariant=True),
+    "weighted_cross_cov": PenaltySpec(
+        weighted_cross_cov_penalty, "head_weighted", {"sketch": "penalty_sketch"}, invariant=True
+    ),
     "grad_cross_cov": PenaltySpec(
         grad_cross_cov_penalty,
         "input_gradients",
@@ -293,8 +348,8 @@ def _options(fn: Callable[..., torch.Tensor]) -> list[str]:
 def penalty_value(name: str, online: torch.Tensor, target: torch.Tensor, **options) -> torch.Tensor:
     """Evaluate the penalty ``name`` (a key of :data:`PENALTIES`) on ``online`` / ``target`` (``[..., B, D]``).
 
-    ``options`` go to the penalty (``beta``, ``cap`` for ``grad_cross_cov``); an option the penalty does not take
-    raises ``ValueError`` naming the ones it does.
+    ``options`` go to the penalty (``beta``, ``cap`` for ``grad_cross_cov``; ``sketch`` for ``cross_cov`` and
+    ``weighted_cross_cov``); an option the penalty does not take raises ``ValueError`` naming the ones it does.
     """
     fn = PENALTIES[validate_penalty_name(name)].fn
     allowed = _options(fn)

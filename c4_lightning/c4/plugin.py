@@ -7,8 +7,10 @@ An algorithm's critic update uses it in two places and knows nothing else about 
     critic_loss = td_loss + self.c4.penalty(self, batch, feats, next_feats, td_loss, logs)
 
 ``target_q`` is the backup's target-critic pass; when the active penalty needs the target's features at the
-dataset's ``(s', a')`` it computes them in the same batched forward pass. ``penalty`` returns ``0.0`` when C4 is off
-(or its weight is 0) without computing anything or drawing random numbers, so the baseline stays bit-identical.
+dataset's ``(s', a')`` it computes them in the same batched forward pass (with ``penalty_next_action="policy"`` it
+returns the features of the backup's own rows at ``(s', a~')`` instead, and computes no extra rows). ``penalty``
+returns ``0.0`` when C4 is off (or its weight is 0) without computing anything or drawing random numbers, so the
+baseline stays bit-identical.
 Otherwise it looks the penalty up in the one registry (:data:`c4_lightning.c4.penalty.PENALTIES`), builds the inputs
 that penalty declares (features, head-weighted features or input gradients), and logs ``c4/penalty``,
 ``c4/penalty_to_td`` and, for capped penalties, ``c4/penalty_raw``.
@@ -112,6 +114,11 @@ class C4:
     def needs_target_features(self) -> bool:
         return self.active and self.spec.inputs in ("features", "head_weighted")
 
+    def uses_backup_features(self) -> bool:
+        """The penalty's target side is the backup's own pass at ``(s', a~')`` (``penalty_next_action="policy"``): an
+        algorithm whose backup does not go through :meth:`target_q` (CQL's max-backup) passes those features itself."""
+        return self.needs_target_features() and self.config.penalty_next_action == "policy"
+
     # ------------------------------------------------------------------ the two calls an algorithm makes
     @torch.no_grad()
     def target_q(
@@ -122,11 +129,18 @@ class C4:
         data_next_act: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The target critic's Q at ``(s', next_act)`` ``[E, B]`` for the backup and, when the penalty needs them,
-        its features at the dataset's ``(s', data_next_act)`` ``[E, B, H]`` from the same forward pass (one batched
-        product per layer for both); else ``None``."""
+        its features ``[E, m, H]`` on the penalty's ``m`` rows; else ``None``.
+
+        ``penalty_next_action="data"`` (default): the features at the dataset's ``(s', data_next_act)``, from the
+        same forward pass as the backup (one batched product per layer for ``B + m`` rows).
+        ``penalty_next_action="policy"``: the features of the backup's own rows at ``(s', next_act)``, the action the
+        TD target uses; the pass has ``B`` rows, exactly the baseline's."""
         if not self.needs_target_features():
             return critic_target(next_obs, next_act), None
         b, m = next_obs.shape[0], self._rows(next_obs.shape[0])
+        if self.config.penalty_next_action == "policy":
+            q, feats = critic_target(next_obs, next_act, return_features=True)
+            return q, feats[:, :m]
         q, feats = critic_target(
             torch.cat([next_obs, next_obs[:m]]), torch.cat([next_act, data_next_act[:m]]), return_features=True
         )
@@ -186,6 +200,12 @@ class C4:
             grad = input_gradients(module.critic, batch["observations"], batch["actions"], create_graph=True)
             return grad, input_gradients(backup, *next_inputs)
         if next_feats is None:
+            if self.config.penalty_next_action == "policy":
+                raise ValueError(
+                    "model.c4.penalty_next_action=policy pairs the critic with the backup's own features at "
+                    "(s', a~'), but the algorithm passed none: get next_feats from C4.target_q (or the backup's "
+                    "own forward pass with return_features=True), or use penalty_next_action=data"
+                )
             with torch.no_grad():
                 _, next_feats = backup(*next_inputs, return_features=True)
         if kind == "head_weighted":
