@@ -20,7 +20,7 @@ critic (2x256; ``--algo cql`` for 3x256): the cost does not depend on its weight
 count does (reported).
 
 Training time between refits = the default cadence's updates at that N (``C4Config().refit_interval_updates`` with
-the dataset size and batch 256: ``max(1000, ceil(5 N / 256))``, i.e. 1000 at 10k, 1,954 at 100k and 19,532 at 1M)
+the dataset size and batch 256: ``max(10000, ceil(5 N / 256))``, i.e. 10,000 at 10k and 100k, 19,532 at 1M)
 at the TD3BC+C4 update rate: ``--ups``, else ``--throughput-json`` (median ``td3bc/lean+c4`` of throughput.py), else
 measured here with a short lean Lightning run on the 10k data (the update rate does not depend on N).
 """

@@ -302,7 +302,7 @@ def test_layer_norm_critics_train(toy_env, tmp_path, algo):
 
 # ---------------------------------------------------------------------------------------------- refit cadence
 def test_refit_cadence_default_and_choices():
-    assert C4Config().refit_cadence() == ("updates", 1000)
+    assert C4Config().refit_cadence() == ("updates", 10_000)
     assert C4Config(refit_every_n_epochs=3).refit_cadence() == ("epochs", 3)
     assert C4Config(refit_every_n_updates=200).refit_cadence() == ("updates", 200)
     with pytest.raises(ValueError, match="both set"):
@@ -428,14 +428,14 @@ def test_weighted_penalty_gradient_cannot_shrink_the_features():
 
 
 def test_default_refit_interval_grows_with_the_dataset_explicit_ones_do_not():
-    """The default is 1000 updates, or 5 passes over the data when that is longer (a refit is linear in N);
+    """The default is 10,000 updates, or 5 passes over the data when that is longer (a refit is linear in N);
     an interval set explicitly is used as given at any size."""
     cfg = C4Config()
-    assert cfg.refit_cadence(10_000, 256) == ("updates", 1000)  # 5 passes = 196 updates
-    assert cfg.refit_cadence(51_200, 256) == ("updates", 1000)
-    assert cfg.refit_cadence(51_300, 256) == ("updates", 1002)
+    assert cfg.refit_cadence(10_000, 256) == ("updates", 10_000)  # 5 passes = 196 updates
+    assert cfg.refit_cadence(512_000, 256) == ("updates", 10_000)
+    assert cfg.refit_cadence(512_100, 256) == ("updates", 10_002)
     assert cfg.refit_interval_updates(1000, 1_000_000, 256) == 19_532
-    assert cfg.refit_interval_updates(1000, 1_000_000, 512) == 9_766  # the global batch (e.g. 2 ranks x 256)
+    assert cfg.refit_interval_updates(1000, 2_000_000, 512) == 19_532  # the global batch (e.g. 2 ranks x 256)
     assert C4Config(refit_every_n_updates=1000).refit_cadence(1_000_000, 256) == ("updates", 1000)
     assert C4Config(refit_every_n_updates=0).refit_cadence(1_000_000, 256) == ("updates", 0)
     assert C4Config(refit_every_n_epochs=10).refit_interval_updates(1000, 1_000_000, 256) == 10_000

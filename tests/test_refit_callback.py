@@ -197,19 +197,19 @@ def test_average_critics_flag_at_refit_only(toy_env, tmp_path):
 
 def test_callback_cadence_uses_the_dataset_size_and_global_batch(caplog):
     """The callback asks the config for the interval with this run's N and global batch (batch x ranks) and says so
-    once when the default is longer than 1000 updates; its own override is used as given."""
+    once when the default is longer than 10,000 updates; its own override is used as given."""
     from types import SimpleNamespace
 
     from c4_lightning.c4.config import C4Config
 
-    dm = SimpleNamespace(num_transitions=1_000_000, batch_size=256)
+    dm = SimpleNamespace(num_transitions=4_000_000, batch_size=256)
     trainer = SimpleNamespace(datamodule=dm, world_size=2)
     module = SimpleNamespace(c4=SimpleNamespace(config=C4Config(enabled=True)))
     cb = ClusterRefitCallback()
-    assert cb.cadence(trainer, module) == ("updates", 9_766)  # 5 x 1M / 512
+    assert cb.cadence(trainer, module) == ("updates", 39_063)  # 5 x 4M / 512
     with caplog.at_level("INFO"):
         cb._announce_default(trainer, module)
-    assert "C4 refits every 9,766 updates" in caplog.text and "model.c4.refit_every_n_updates" in caplog.text
+    assert "C4 refits every 39,063 updates" in caplog.text and "model.c4.refit_every_n_updates" in caplog.text
     assert ClusterRefitCallback(every_n_updates=50).cadence(trainer, module) == ("updates", 50)
     small = SimpleNamespace(datamodule=SimpleNamespace(num_transitions=10_000, batch_size=256), world_size=1)
-    assert cb.cadence(small, module) == ("updates", 1000)
+    assert cb.cadence(small, module) == ("updates", 10_000)

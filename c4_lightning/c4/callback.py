@@ -65,8 +65,8 @@ class ClusterRefitCallback(Callback):
     """Partitions the dataset for C4's single-cluster batches.
 
     Before the first step (when no partition was restored from a checkpoint) it clusters standardised raw (s, a);
-    then at the module's C4 refit cadence (``model.c4.refit_every_n_updates``, default every 1000 updates, growing
-    to 5 passes over the data above 51k transitions; or ``refit_every_n_epochs``) it recomputes critic features
+    then at the module's C4 refit cadence (``model.c4.refit_every_n_updates``, default every 10,000 updates,
+    growing to 5 passes over the data above 512k transitions; or ``refit_every_n_epochs``) it recomputes critic features
     ``[phi(s,a), phi_bar(s',a')]``, refits the GMM on rank 0 (warm-started from the previous partition), broadcasts
     the labels to all ranks and hands them to the sampler through the module's C4 plug-in. A refit on the update
     cadence happens at the start of the batch after the N-th update; the next due step is part of the checkpoint, so
@@ -119,7 +119,7 @@ class ClusterRefitCallback(Callback):
         return self._cfg(pl_module).refit_cadence(dm.num_transitions, dm.batch_size * max(1, trainer.world_size))
 
     def _announce_default(self, trainer, pl_module) -> None:
-        """Say once when the default interval is longer than 1000 updates because the dataset is large."""
+        """Say once when the default interval is longer than 10,000 updates because the dataset is large."""
         kind, every = self.cadence(trainer, pl_module)
         if self.every_n_updates is None and self.every_n_epochs is None and every != DEFAULT_REFIT_EVERY_N_UPDATES:
             cfg_kind, _ = self._cfg(pl_module).refit_cadence()

@@ -11,16 +11,17 @@ from c4_lightning.c4.penalty import PENALTIES, validate_penalty_name
 FeatureName = Literal["penultimate", "gradient"]
 NextAction = Literal["data", "policy"]
 
-DEFAULT_REFIT_EVERY_N_UPDATES = 1000
+DEFAULT_REFIT_EVERY_N_UPDATES = 10_000
 """Refit cadence when neither ``refit_every_n_updates`` nor ``refit_every_n_epochs`` is set (the authors refit
-every 200 updates; 1000 keeps a refit at 10k transitions near 3% of training time, see BENCHMARKS.md)."""
+every 200 updates). 10,000 is the interval of the only C4 arm that helped TD3+BC in the evidence sweep (BENCHMARKS.md
+"Does C4 help?": refits every 10 epochs of 1000 updates); the arms refitting every 1000 or 200 updates did not help."""
 
 DEFAULT_REFIT_MIN_PASSES = 5
 """The default interval is at least this many passes over the dataset, ``ceil(5 * N / batch_size)`` updates. A refit
 costs time linear in N (critic features and labels for every transition) while the training between two refits at a
 fixed interval does not grow with N; the floor keeps a refit a bounded share of training (BENCHMARKS.md "Refit
-scaling": ~3-4% of a TD3+BC run on one CPU core at 1M transitions). On the embedded 10k datasets (5 passes = 196
-updates) the default stays 1000 updates. An interval set explicitly is used as given."""
+scaling": ~3-4% of a TD3+BC run on one CPU core at 1M transitions). Up to 512,000 transitions at batch 256 the default
+stays 10,000 updates. An interval set explicitly is used as given."""
 
 
 @dataclass
@@ -37,8 +38,8 @@ class C4Config:
         n_clusters: GMM components K.
         refit_every_n_updates: refit the partition every N gradient updates (0 = never refit after the first
             partition). ``None`` with ``refit_every_n_epochs`` also ``None``: the default, every
-            ``max(1000, ceil(5 * N / batch_size))`` updates (1000 up to 51,200 transitions at batch 256; 19,532 at
-            1M), so a refit stays a small share of training at any dataset size.
+            ``max(10000, ceil(5 * N / batch_size))`` updates (10,000 up to 512,000 transitions at batch 256; 19,532
+            at 1M), so a refit stays a small share of training at any dataset size.
         refit_every_n_epochs: the older epoch cadence (refit at the end of every N-th epoch; 0 = never). Set at most
             one of the two.
         pca_dim: dimensions kept by the projection before the GMM.
@@ -163,7 +164,7 @@ class C4Config:
     def refit_cadence(self, num_transitions: int | None = None, batch_size: int | None = None) -> tuple[str, int]:
         """``("updates", N)`` or ``("epochs", N)``; ``N == 0`` means the first partition is kept.
 
-        An interval set explicitly is returned as given. The default is 1000 updates, raised with the dataset size
+        An interval set explicitly is returned as given. The default is 10,000 updates, raised with the dataset size
         (``num_transitions`` and the global ``batch_size``) to ``DEFAULT_REFIT_MIN_PASSES`` passes over the data."""
         if self.refit_every_n_epochs is not None:
             return "epochs", int(self.refit_every_n_epochs)
