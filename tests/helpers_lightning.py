@@ -280,3 +280,20 @@ def assert_same_tensors(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], wh
         if not torch.equal(x, y):
             diff = (x - y).abs().max().item()
             raise AssertionError(f"{what}[{i}] differ (max abs diff {diff:.3e})")
+
+
+class C4ModuleStub:
+    """What C4's penalty needs from an algorithm (``C4Module``): the critics, the backup pair and the logging
+    question, without a LightningModule."""
+
+    def __init__(self, critic, critic_target):
+        self.critic, self.critic_target = critic, critic_target
+
+    def will_log(self) -> bool:
+        return True
+
+    def backup_network(self):
+        return self.critic_target
+
+    def backup_input(self, next_obs, next_actions):
+        return next_obs, next_actions

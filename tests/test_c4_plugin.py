@@ -18,6 +18,7 @@ import torch
 from helpers_lightning import (
     HOPPERLIKE,
     REPO,
+    C4ModuleStub,
     MemoryLogger,
     make_datamodule,
     make_trainer,
@@ -31,22 +32,6 @@ from c4_lightning.c4.penalty import PENALTIES, grad_cross_cov_penalty, grad_cros
 from c4_lightning.c4.plugin import C4
 
 OBS, ACT, B = 5, 2, 64
-
-
-class _Module:
-    """What C4's penalty needs from an algorithm: the critics, the backup pair and the logging question."""
-
-    def __init__(self, critic, critic_target):
-        self.critic, self.critic_target = critic, critic_target
-
-    def will_log(self) -> bool:
-        return True
-
-    def backup_network(self):
-        return self.critic_target
-
-    def backup_input(self, next_obs, next_actions):
-        return next_obs, next_actions
 
 
 def _batch(seed: int = 0, dtype=torch.float64) -> dict[str, torch.Tensor]:
@@ -77,7 +62,7 @@ def _rescale_(critic: CriticEnsemble, c: float) -> None:
 
 def _penalty_value(name: str, critic, target, batch) -> tuple[torch.Tensor, torch.Tensor]:
     c4 = C4(C4Config(enabled=True, penalty=name, penalty_weight=1.0))
-    module = _Module(critic, target)
+    module = C4ModuleStub(critic, target)
     q, feats = critic(batch["observations"], batch["actions"], return_features=True)
     value = c4.penalty(module, batch, feats, None, torch.ones((), dtype=torch.float64), {})
     return q.detach(), value.detach()
@@ -185,7 +170,7 @@ def test_grad_penalty_above_cap_warns_once_and_logs_raw():
         critic.head.weight.mul_(100.0)
         target.head.weight.mul_(100.0)
     c4 = C4(C4Config(enabled=True, penalty="grad_cross_cov", penalty_weight=1.0, grad_cap=1e-3))
-    module = _Module(critic, target)
+    module = C4ModuleStub(critic, target)
     logs = {}
     feats = critic(batch["observations"], batch["actions"], return_features=True)[1]
     with pytest.warns(UserWarning, match="above its cap"):
@@ -393,7 +378,7 @@ def test_authors_presets_run_from_the_cli_with_diagnostics(tmp_path, preset):
 def test_penalty_rows_is_the_penalty_of_the_first_rows(name):
     batch = _batch()
     critic, target = _critics()
-    module = _Module(critic, target)
+    module = C4ModuleStub(critic, target)
     q, feats = critic(batch["observations"], batch["actions"], return_features=True)
     sub = C4(C4Config(enabled=True, penalty=name, penalty_weight=1.0, penalty_rows=16))
     _, next_feats = sub.target_q(target, batch["next_observations"], batch["next_actions"], batch["next_actions"])

@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 
-from helpers_lightning import HOPPERLIKE, MemoryLogger, make_datamodule, make_trainer, params_of
+from helpers_lightning import HOPPERLIKE, C4ModuleStub, MemoryLogger, make_datamodule, make_trainer, params_of
 from helpers_lightning import toy_env  # noqa: F401  (a pytest fixture the tests name as an argument)
 
 from c4_lightning.algos import CQL, IQL, TD3BC
@@ -28,22 +28,6 @@ from c4_lightning.c4.plugin import C4
 
 OBS, ACT, B, H = 5, 2, 64, 16
 PENALTY_FNS = {"cross_cov": cross_cov_penalty, "weighted_cross_cov": weighted_cross_cov_penalty}
-
-
-class _Module:
-    """What C4's penalty needs from an algorithm (as in test_c4_plugin.py)."""
-
-    def __init__(self, critic, critic_target):
-        self.critic, self.critic_target = critic, critic_target
-
-    def will_log(self) -> bool:
-        return True
-
-    def backup_network(self):
-        return self.critic_target
-
-    def backup_input(self, next_obs, next_actions):
-        return next_obs, next_actions
 
 
 def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -149,7 +133,7 @@ def test_sketched_weighted_penalty_is_invariant_per_draw():
     def value():
         torch.manual_seed(3)
         _, feats = critic(batch["observations"], batch["actions"], return_features=True)
-        return c4.penalty(_Module(critic, target), batch, feats, None, torch.ones((), dtype=torch.float64), {})
+        return c4.penalty(C4ModuleStub(critic, target), batch, feats, None, torch.ones((), dtype=torch.float64), {})
 
     before = value()
     with torch.no_grad():
@@ -212,7 +196,7 @@ def test_default_td3bc_update_is_the_pre_option_code(toy_env, tmp_path):
 def test_c4_off_draws_no_random_numbers():
     batch = _batch()
     critic, target = _critics()
-    module = _Module(critic, target)
+    module = C4ModuleStub(critic, target)
     for config in (
         None,
         C4Config(enabled=False, penalty_sketch=8, penalty_next_action="policy"),
@@ -251,7 +235,7 @@ def test_policy_next_action_reuses_the_backup_rows(name, rows):
             if action == "policy":
                 torch.testing.assert_close(next_feats, backup_feats[:, :m], rtol=0, atol=0)
                 _, feats = critic(batch["observations"], batch["actions"], return_features=True)
-                value = c4.penalty(_Module(critic, target), batch, feats, next_feats, torch.ones(()), {})
+                value = c4.penalty(C4ModuleStub(critic, target), batch, feats, next_feats, torch.ones(()), {})
                 if name == "weighted_cross_cov":
                     w, w_next = critic.head.weight.transpose(-1, -2), target.head.weight.transpose(-1, -2)
                     want = weighted_cross_cov_penalty(feats[:, :m] * w, backup_feats[:, :m] * w_next)
@@ -273,7 +257,7 @@ def test_policy_next_action_needs_the_backup_features():
     c4 = C4(C4Config(enabled=True, penalty_weight=1.0, penalty_next_action="policy"))
     _, feats = critic(batch["observations"], batch["actions"], return_features=True)
     with pytest.raises(ValueError, match="penalty_next_action=policy .* passed none"):
-        c4.penalty(_Module(critic, target), batch, feats, None, torch.ones(()), {})
+        c4.penalty(C4ModuleStub(critic, target), batch, feats, None, torch.ones(()), {})
 
 
 # ---------------------------------------------------------------------------------------------- config
