@@ -14,7 +14,7 @@ if not torch.cuda.is_available():
 print(f"# GPU: {torch.cuda.get_device_name(0)} x {torch.cuda.device_count()}, torch {torch.__version__}")
 PY
 python benchmarks/throughput.py --device cuda --modes lean --no-d3rlpy --precision 32-true,bf16-mixed,16-mixed \
-    --compile --penalties cross_cov,weighted_cross_cov --steps 1000 --cql-steps 300 --warmup 50 --repeats 2 \
+    --compile --penalties cross_cov,cross_cov+penalty_sketch=16+penalty_next_action=policy,weighted_cross_cov --steps 1000 --cql-steps 300 --warmup 50 --repeats 2 \
     --refit-repeats 1 --json "$out/throughput_gpu.json" | tee "$out/throughput_gpu.txt"
 gpus=$(python -c "import torch; print(torch.cuda.device_count())")
 if [ "$gpus" -ge 2 ]; then
