@@ -48,6 +48,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from c4_lightning.algos.base import NonFiniteLossError, OfflineRLModule
 from c4_lightning.data.datamodule import OfflineRLDataModule
 from c4_lightning.evaluation.callback import EvalCallback
+from c4_lightning.training.precision import default_precision
 from c4_lightning.training.checkpoint_io import CheckpointWriteError
 from c4_lightning.training.shutdown import GracefulShutdown, TrainingInterrupted
 from c4_lightning.training import resume
@@ -236,6 +237,7 @@ class C4LightningCLI(LightningCLI):
         kwargs.setdefault("auto_configure_optimizers", False)  # the algorithms build their own optimisers
         defaults = dict(kwargs.get("trainer_defaults") or {})
         defaults.setdefault("use_distributed_sampler", False)  # ClusterBatchSampler is distribution-aware
+        defaults.setdefault("precision", default_precision())  # bf16-mixed on a CPU with native bf16, else 32-true
         kwargs["trainer_defaults"] = defaults
         kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf"} if _has_omegaconf() else {})
         given = kwargs.get("args")

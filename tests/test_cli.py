@@ -97,6 +97,30 @@ def test_configs_choose_the_algorithm_and_default_to_an_embedded_dataset(capsys)
         assert "optimizer" not in cfg  # manual optimisation: no auto-configured optimiser options
 
 
+def test_default_precision_follows_the_cpu_and_a_config_or_option_wins(capsys, monkeypatch):
+    """bf16-mixed where the CPU computes bf16 natively (and no GPU is visible), else 32-true; td3bc.yaml leaves the
+    precision to that default, the other configs pin 32-true, --trainer.precision overrides both."""
+    import c4_lightning.cli as cli
+    import c4_lightning.training.precision as precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for native, expected in ((True, "bf16-mixed"), (False, "32-true")):
+        monkeypatch.setattr(precision, "bf16_native_cpu", lambda native=native: native)
+        assert precision.default_precision() == expected
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert precision.default_precision() == "32-true"  # parity was measured on a CPU only
+    monkeypatch.setattr(cli, "default_precision", lambda: "bf16-mixed")
+
+    def trainer_precision(*args: str) -> str:
+        return yaml.safe_load(print_config(list(args), capsys))["trainer"]["precision"]
+
+    assert trainer_precision("--config", str(CONFIGS["td3bc"])) == "bf16-mixed"
+    assert trainer_precision("--config", str(CONFIGS["td3bc"]), "--trainer.precision", "32-true") == "32-true"
+    for name in ("td3bc_c4", "cql", "cql_c4", "iql", "iql_c4"):
+        assert trainer_precision("--config", str(CONFIGS[name])) == "32-true", name
+    assert trainer_precision("--config", str(CONFIGS["cql"]), "--trainer.precision", "bf16-mixed") == "bf16-mixed"
+
+
 @pytest.mark.parametrize("name", ["td3bc_c4", "cql"])
 def test_print_config_is_complete_and_round_trips(name, tmp_path, capsys):
     overrides = [
