@@ -172,7 +172,7 @@ def test_throughput_quick_prints_tables_and_ratios(tmp_path):
         "## Before (",
         "| TD3+BC Lightning lean + C4 cross_cov |",
         "C4 total overhead %",
-        "refit amortised over 1000 updates",
+        "refit amortised over 10000 updates",  # the default interval at 10k transitions
         "## One refit, by phase",
         "| TD3+BC",
         "| CQL",
