@@ -555,3 +555,30 @@ def test_a_full_disk_names_the_intact_checkpoint_in_one_line(tmp_path):
     last = next(root.rglob("last.ckpt"))
     assert f"{last} is intact" in errors[0] and f"resume with --ckpt_path {last}" in errors[0]
     assert torch.load(last, weights_only=True)["global_step"] == 3  # the end of epoch 0
+
+
+def test_periodic_checkpoint_writes_the_full_state_without_a_console_line(tmp_path, caplog):
+    """The mid-epoch checkpoint asks for the full state explicitly, so Lightning prints no "weights_only was not set"
+    line into the console every 500 updates."""
+    from c4_lightning.training import PeriodicCheckpoint, load_checkpoint
+
+    periodic = PeriodicCheckpoint(every_n_updates=2)
+    trainer = make_trainer(
+        tmp_path,
+        max_epochs=1,
+        callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True), periodic],
+        enable_checkpointing=True,
+    )
+    saved = []
+    periodic_write = trainer.save_checkpoint
+
+    def spy(path, *args, **kwargs):
+        periodic_write(path, *args, **kwargs)
+        saved.append(load_checkpoint(path))
+
+    trainer.save_checkpoint = spy
+    with caplog.at_level("INFO"):
+        trainer.fit(make_model(c4=False), datamodule=make_dm())
+    assert [c["global_step"] for c in saved] == [2, 4, 5, 5]  # periodic at 2 and 4, then ModelCheckpoint (epoch, last)
+    assert all("callbacks" in c and "optimizer_states" in c for c in saved)
+    assert "weights_only" not in caplog.text

@@ -224,7 +224,7 @@ class OfflineRLModule(L.LightningModule):
             resume_from = last if last.is_file() else None  # the last epoch's state: before the blow-up began
             path = folder / "nonfinite-state.ckpt"
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.trainer.save_checkpoint(path)
+            self.trainer.save_checkpoint(path, weights_only=False)
         lrs = " ".join(f"--model.init_args.{k} ..." for k in self.hparams if k.endswith("_lr"))
         advice = (
             f"resume from {resume_from} (the last checkpoint before it) with lower learning rates or penalty "

@@ -61,7 +61,7 @@ class PeriodicCheckpoint(Callback):
             return
         if batch_idx + 1 >= trainer.num_training_batches:  # the epoch's end writes last.ckpt right after
             return
-        trainer.save_checkpoint(self._last_path(trainer))
+        trainer.save_checkpoint(self._last_path(trainer), weights_only=False)  # the full state (and no log line)
 
     def _last_path(self, trainer) -> str:
         """The file ``ModelCheckpoint(save_last=True)`` writes as its last checkpoint, recorded as its own

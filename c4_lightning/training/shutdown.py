@@ -60,7 +60,7 @@ class GracefulShutdown(Callback):
         signum = self.received
         path = checkpoint_dir(trainer) / self.filename
         path.parent.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)
         self._restore()
         raise TrainingInterrupted(signum, str(path))
 
