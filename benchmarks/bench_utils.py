@@ -180,6 +180,11 @@ def c4_settings(spec: str) -> dict:
         field, sep, value = option.partition("=")
         if not sep or not field:
             raise ValueError(f"C4 contender {spec!r}: option {option!r} must read field=value")
+        if field.startswith("refit_"):
+            raise ValueError(
+                f"C4 contender {spec!r}: {field} is not a contender option (timed fits never refit; one refit is "
+                "timed separately and amortised over the default interval)"
+            )
         settings[field] = yaml.safe_load(value)
     return settings
 

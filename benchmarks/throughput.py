@@ -23,7 +23,7 @@ The first ``--warmup`` updates of every run are excluded; every contender runs `
 round by round, and the median is reported. C4's timed fits never refit (``refit_every_n_epochs=0``): one refit
 (critic features + standardise/PCA + GMM on at most ``fit_subsample`` rows + prediction on all) is timed
 separately on the trained C4 model, warm-started from its partition like a real refit, and amortised over the
-default interval (``C4Config().refit_interval_updates``, 1000 updates):
+default interval (``C4Config().refit_interval_updates`` for the dataset's size: 10,000 updates up to 512k transitions):
 
     C4 total overhead = (t_step(C4) - t_step(no C4)) + t_refit / interval      (per update)
 """
@@ -376,7 +376,7 @@ def main(argv=None) -> dict:
     from c4_lightning.c4.config import C4Config
 
     cfg = C4Config(enabled=True)
-    interval = cfg.refit_interval_updates(bu.STEPS_PER_EPOCH)
+    interval = cfg.refit_interval_updates(bu.STEPS_PER_EPOCH, dm_plain.num_transitions, bu.BATCH_SIZE)
     refits = {}
     for algo in args.algos:
         res = c4_models[algo]

@@ -25,8 +25,10 @@ Distributed training: ``--trainer.strategy ddp`` trains with ``find_unused_param
 parameters); for
 several machines add ``--trainer.num_nodes N`` and launch the same command on each node (torchrun or
 SLURM, see Lightning's multi-node docs). Each rank draws its own batch of the same cluster.
-Precision: ``32-true`` (default), ``bf16-mixed`` (CPU and GPU) and ``16-mixed`` (CUDA only: fp16 autocast with
-Lightning's GradScaler, loss scaling inside ``manual_backward``; on a CPU Lightning substitutes ``bf16-mixed``).
+Precision: where neither the config nor the command line sets one, ``bf16-mixed`` on a CPU with native bf16 and no
+visible GPU, else ``32-true`` (``c4_lightning/training/precision.py``); ``bf16-mixed`` (CPU and GPU) and
+``16-mixed`` (CUDA only: fp16 autocast with Lightning's GradScaler, loss scaling inside ``manual_backward``; on a
+CPU Lightning substitutes ``bf16-mixed``).
 """
 
 from __future__ import annotations

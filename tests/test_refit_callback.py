@@ -213,3 +213,40 @@ def test_callback_cadence_uses_the_dataset_size_and_global_batch(caplog):
     assert ClusterRefitCallback(every_n_updates=50).cadence(trainer, module) == ("updates", 50)
     small = SimpleNamespace(datamodule=SimpleNamespace(num_transitions=10_000, batch_size=256), world_size=1)
     assert cb.cadence(small, module) == ("updates", 10_000)
+
+
+def test_a_resume_at_another_refit_interval_warns_and_the_interval_is_saved():
+    """The checkpoint records the cadence the run refitted at; resuming at another one (another default, dataset size
+    or number of ranks) warns, and so does resuming a checkpoint from before the cadence was recorded while relying
+    on the default, which changed from 1,000 to 10,000 updates on 2026-12-02."""
+    from types import SimpleNamespace
+
+    from c4_lightning.c4.config import C4Config
+
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(num_transitions=10_000, batch_size=256), world_size=1)
+    module = SimpleNamespace(c4=SimpleNamespace(config=C4Config(enabled=True)))
+    base = {"labels": None, "model": None, "refits": 3, "failures": 0, "next_refit_at": 3000}
+
+    first = ClusterRefitCallback()
+    first.check_resumed_cadence(trainer, module)  # a fresh run: nothing restored, nothing to say
+    assert first.state_dict()["cadence"] == ["updates", 10_000]
+
+    for saved, warns in (
+        ({"cadence": ["updates", 10_000]}, None),
+        ({"cadence": ["updates", 1000]}, "cadence changed on resume"),
+        ({}, "predates the recorded refit cadence"),
+    ):
+        cb = ClusterRefitCallback()
+        cb.load_state_dict({**base, **saved})
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cb.check_resumed_cadence(trainer, module)
+        messages = " ".join(str(w.message) for w in caught)
+        assert (warns in messages) if warns else not messages, (saved, messages)
+    explicit = SimpleNamespace(c4=SimpleNamespace(config=C4Config(enabled=True, refit_every_n_updates=500)))
+    cb = ClusterRefitCallback()
+    cb.load_state_dict(base)  # an old checkpoint, but the interval is set explicitly: nothing changed
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cb.check_resumed_cadence(trainer, explicit)
+    assert not caught

@@ -69,6 +69,22 @@ def test_trial_config_fills_dataset_seed_budget(tmp_path, in_repo):
     assert cfg["trainer"]["default_root_dir"].endswith("c4__mix__s1")
 
 
+def test_trial_config_records_the_precision_it_runs_at(tmp_path, in_repo, monkeypatch):
+    """A config without a precision (td3bc.yaml) gets the CLI's default resolved into the trial's config, so a
+    resume on another host keeps it; a precision in the config or the overrides is kept."""
+    import c4_lightning.experiments.spec as spec
+
+    monkeypatch.setattr(spec, "default_precision", lambda: "bf16-mixed")
+    variants = {
+        "plain": {"config": str(REPO / "configs/td3bc.yaml"), "overrides": dict(TINY)},
+        "pinned": {"config": str(REPO / "configs/td3bc.yaml"), "overrides": {**TINY, "trainer.precision": "32-true"}},
+        "c4": {"config": str(REPO / "configs/td3bc_c4.yaml"), "overrides": dict(TINY)},
+    }
+    sweep = load_sweep(write_sweep(tmp_path, variants, seeds=[0], baseline="plain"))
+    got = {t.variant: trial_config(sweep, t)["trainer"]["precision"] for t in sweep.trials()}
+    assert got == {"plain": "bf16-mixed", "pinned": "32-true", "c4": "32-true"}
+
+
 @pytest.mark.parametrize(
     "bad, message",
     [

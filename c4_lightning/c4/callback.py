@@ -102,6 +102,8 @@ class ClusterRefitCallback(Callback):
         self.failures = 0
         self.last_seconds = 0.0
         self.next_refit_at: int | None = None  # update cadence: the global step of the next refit
+        self.saved_cadence: tuple[str, int] | None = None  # the cadence a restored checkpoint was trained with
+        self.last_cadence: tuple[str, int] | None = None  # this run's cadence (saved with the checkpoint)
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -266,15 +268,36 @@ class ClusterRefitCallback(Callback):
             dm.sampler._min_cluster_size_arg,
         )
 
+    def check_resumed_cadence(self, trainer, pl_module) -> None:
+        """Warn when a resumed run refits at another interval than its checkpoint did (another default, dataset size
+        or number of ranks), or when the checkpoint predates the recorded cadence and the default changed since."""
+        now = self.last_cadence = self.cadence(trainer, pl_module)
+        cfg = self._cfg(pl_module)
+        uses_default = self.every_n_updates is None and self.every_n_epochs is None
+        uses_default = uses_default and cfg.refit_every_n_updates is None and cfg.refit_every_n_epochs is None
+        if self.saved_cadence == ("unrecorded", 0) and uses_default:
+            rank_zero_warn(
+                f"C4: this checkpoint predates the recorded refit cadence (2026-12-02); its run refitted every 1,000 "
+                f"updates by default, this one refits every {now[1]:,} {now[0]}: set model.c4.refit_every_n_updates "
+                "1000 to keep the old interval"
+            )
+        elif self.saved_cadence not in (None, ("unrecorded", 0)) and tuple(self.saved_cadence) != now:
+            rank_zero_warn(
+                f"C4 refit cadence changed on resume: the checkpoint trained with every {self.saved_cadence[1]:,} "
+                f"{self.saved_cadence[0]}, this run refits every {now[1]:,} {now[0]} (a different default, dataset "
+                "size or number of ranks); set model.c4.refit_every_n_updates to keep the old interval"
+            )
+
     def on_train_start(self, trainer, pl_module) -> None:
         self._announce_default(trainer, pl_module)
+        self.check_resumed_cadence(trainer, pl_module)
         if self.labels is None:
             self.partition(trainer, pl_module, initial=True)
         else:  # restored from a checkpoint: the datamodule restored the sampler; keep both in step
             self.apply(trainer, pl_module)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        kind, every = self.cadence(trainer, pl_module)
+        kind, every = self.last_cadence = self.cadence(trainer, pl_module)
         if kind != "updates" or not every:
             return
         if self.next_refit_at is None:
@@ -313,6 +336,7 @@ class ClusterRefitCallback(Callback):
             "refits": self.refits,
             "failures": self.failures,
             "next_refit_at": self.next_refit_at,
+            "cadence": list(self.last_cadence) if self.last_cadence is not None else None,
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -326,3 +350,5 @@ class ClusterRefitCallback(Callback):
         self.failures = int(state_dict.get("failures", 0))
         nxt = state_dict.get("next_refit_at")
         self.next_refit_at = None if nxt is None else int(nxt)
+        cadence = state_dict.get("cadence", ("unrecorded", 0))  # absent in checkpoints written before 2026-12-02
+        self.saved_cadence = None if cadence is None else (str(cadence[0]), int(cadence[1]))

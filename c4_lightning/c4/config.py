@@ -20,7 +20,7 @@ DEFAULT_REFIT_MIN_PASSES = 5
 """The default interval is at least this many passes over the dataset, ``ceil(5 * N / batch_size)`` updates. A refit
 costs time linear in N (critic features and labels for every transition) while the training between two refits at a
 fixed interval does not grow with N; the floor keeps a refit a bounded share of training (BENCHMARKS.md "Refit
-scaling": ~3-4% of a TD3+BC run on one CPU core at 1M transitions). Up to 512,000 transitions at batch 256 the default
+scaling": 4.5% of a TD3+BC run on one CPU core at 1M transitions). Up to 512,000 transitions at batch 256 the default
 stays 10,000 updates. An interval set explicitly is used as given."""
 
 

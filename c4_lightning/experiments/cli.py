@@ -5,7 +5,8 @@ aggregate it.
     c4-sweep configs/sweeps/c4_evidence.yaml --variants baseline --seeds 0,1
     c4-sweep configs/sweeps/c4_evidence.yaml --launcher ray --ray-address auto
     c4-sweep configs/sweeps/c4_evidence.yaml --collect-only            # tables, JSON and plots from finished runs
-    c4-sweep --variant base=configs/td3bc.yaml --variant c4=configs/td3bc_c4.yaml,model.c4.penalty_weight=0.5 \\
+    c4-sweep --variant base=configs/td3bc.yaml,trainer.precision=32-true \\
+             --variant c4=configs/td3bc_c4.yaml,model.c4.penalty_weight=0.5 \\
              --dataset mix=hopper/random-medium-expert-10k --seeds 0,1,2 --updates 20000 --eval-every 5000
 
 Finished trials are skipped; an interrupted one resumes from its ``last.ckpt``. Ctrl+C checkpoints the running

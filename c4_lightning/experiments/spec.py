@@ -12,7 +12,7 @@ A sweep file is YAML::
       mix10k: {dataset_id: hopper/random-medium-expert-10k}
       replay10k: {dataset_id: hopper/medium-replay, max_transitions: 10000}
     variants:
-      baseline: {config: configs/td3bc.yaml}
+      baseline: {config: configs/td3bc.yaml, overrides: {trainer.precision: 32-true}}  # as td3bc_c4.yaml
       c4: {config: configs/td3bc_c4.yaml, overrides: {model.c4.penalty_weight: 0.1}, datasets: [mix10k]}
 
 Paths are relative to the working directory (as ``train.py --config``). ``overrides`` are dotted keys of the
@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from c4_lightning.training.precision import default_precision
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -284,6 +286,9 @@ def trial_config(sweep: Sweep, trial: Trial) -> dict:
     data.update(dataset_id=dataset.dataset_id, steps_per_epoch=b.steps_per_epoch, **dataset.extra)
     data["max_transitions"] = dataset.max_transitions
     tr = cfg.setdefault("trainer", {})
+    # the precision the trial runs at, resolved here when the config leaves it to the CLI's default (bf16-mixed on
+    # CPUs with native bf16): recorded in the trial's config, a resume on another host keeps it
+    tr.setdefault("precision", default_precision())
     run_dir = sweep.trial_dir(trial)
     tr.update(
         max_epochs=b.epochs,

@@ -1,8 +1,9 @@
 """The default ``trainer.precision``: ``bf16-mixed`` on a CPU that computes bf16 natively, ``32-true`` elsewhere.
 
-Every experiment here is arithmetic-bound; on CPUs with AVX-512 BF16 or AMX, bf16 matrix products run 2-3x faster than
-float32, and TD3+BC learns the same under ``bf16-mixed`` (BENCHMARKS.md, "bf16 learning parity": 5 seeds x 30k
-updates, paired score difference with a 95% CI that includes 0). Without those instructions bf16 is emulated and slower
+Every experiment here is arithmetic-bound; on CPUs with AVX-512 BF16 or AMX a whole update runs faster in
+``bf16-mixed`` (BENCHMARKS.md "Speed, one quiet sitting": TD3+BC 1.33x and CQL 1.9x its fp32 rate through Lightning),
+and TD3+BC learns the same (BENCHMARKS.md "bf16 learning parity": embedded 10k mixture, 5 seeds x 30k updates, paired
+score difference with a 95% CI that includes 0). Without those instructions bf16 is emulated and slower
 than float32, so the default stays ``32-true``; on a GPU it stays ``32-true`` too (parity was measured on a CPU only).
 A config or ``--trainer.precision`` always wins over this default.
 """
