@@ -217,14 +217,13 @@ class OfflineRLModule(L.LightningModule):
         bad = [k for k, v in losses.items() if not torch.isfinite(v.detach()).all()] or ["loss on another rank"]
         path, resume_from = None, None
         if self._trainer is not None and self.trainer.log_dir is not None:
-            from c4_lightning.training.checkpoint_io import checkpoint_dir
+            from c4_lightning.training.checkpoint_io import checkpoint_dir, save_training_state
 
             folder = checkpoint_dir(self.trainer)
             last = folder / "last.ckpt"
             resume_from = last if last.is_file() else None  # the last epoch's state: before the blow-up began
             path = folder / "nonfinite-state.ckpt"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.trainer.save_checkpoint(path, weights_only=False)
+            save_training_state(self.trainer, path)
         lrs = " ".join(f"--model.init_args.{k} ..." for k in self.hparams if k.endswith("_lr"))
         advice = (
             f"resume from {resume_from} (the last checkpoint before it) with lower learning rates or penalty "

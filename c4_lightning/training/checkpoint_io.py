@@ -5,7 +5,7 @@
   failed write raises :class:`CheckpointWriteError`, whose message names the intact checkpoint and the resume command.
 * Files get the mode the process umask gives any new file; temporaries left by a killed write are removed at the
   next start (:func:`remove_stale_temporaries`).
-* :func:`checkpoint_dir`: where a run's checkpoints go.
+* :func:`checkpoint_dir`: where a run's checkpoints go; :func:`save_training_state`: how our own callbacks write one.
 """
 
 from __future__ import annotations
@@ -26,6 +26,15 @@ def checkpoint_dir(trainer) -> Path:
         if isinstance(cb, ModelCheckpoint) and cb.dirpath:
             return Path(cb.dirpath)
     return Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints"
+
+
+def save_training_state(trainer, path: str | Path) -> None:
+    """Write the whole training state (weights, optimisers, loops, callbacks) to ``path``, creating its folder: the
+    mid-epoch checkpoint, the graceful stop's and the NaN stop's. Lightning's ``save_checkpoint(weights_only=...)``
+    chooses what is *written* (False: everything, as ``ModelCheckpoint`` does); left unset it logs a line on every
+    save. Reading never unpickles code: :func:`c4_lightning.training.load_checkpoint`."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    trainer.save_checkpoint(path, weights_only=False)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

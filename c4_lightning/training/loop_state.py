@@ -17,6 +17,8 @@ from typing import Any
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from c4_lightning.training.checkpoint_io import save_training_state
+
 
 def _epoch_finished(fit_loop: dict[str, Any]) -> bool:
     """The saved fit loop stopped in ``on_train_epoch_end``: the epoch was processed but not yet marked completed,
@@ -61,7 +63,7 @@ class PeriodicCheckpoint(Callback):
             return
         if batch_idx + 1 >= trainer.num_training_batches:  # the epoch's end writes last.ckpt right after
             return
-        trainer.save_checkpoint(self._last_path(trainer), weights_only=False)  # the full state (and no log line)
+        save_training_state(trainer, self._last_path(trainer))
 
     def _last_path(self, trainer) -> str:
         """The file ``ModelCheckpoint(save_last=True)`` writes as its last checkpoint, recorded as its own

@@ -12,7 +12,12 @@ import signal
 from lightning.pytorch import Callback
 
 from c4_lightning.training.agreement import agree_max
-from c4_lightning.training.checkpoint_io import checkpoint_dir, install_atomic_checkpoint_io, remove_stale_temporaries
+from c4_lightning.training.checkpoint_io import (
+    checkpoint_dir,
+    install_atomic_checkpoint_io,
+    remove_stale_temporaries,
+    save_training_state,
+)
 
 
 class TrainingInterrupted(RuntimeError):
@@ -59,8 +64,7 @@ class GracefulShutdown(Callback):
     def _stop(self, trainer) -> None:
         signum = self.received
         path = checkpoint_dir(trainer) / self.filename
-        path.parent.mkdir(parents=True, exist_ok=True)
-        trainer.save_checkpoint(path, weights_only=False)
+        save_training_state(trainer, path)
         self._restore()
         raise TrainingInterrupted(signum, str(path))
 
