@@ -103,7 +103,7 @@ class ClusterRefitCallback(Callback):
         self.last_seconds = 0.0
         self.next_refit_at: int | None = None  # update cadence: the global step of the next refit
         self.saved_cadence: tuple[str, int] | None = None  # the cadence a restored checkpoint was trained with
-        self.last_cadence: tuple[str, int] | None = None  # this run's cadence (saved with the checkpoint)
+        self.run_cadence: tuple[str, int] | None = None  # this fit's cadence, fixed at its start (checkpointed)
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -120,17 +120,21 @@ class ClusterRefitCallback(Callback):
         dm = trainer.datamodule
         return self._cfg(pl_module).refit_cadence(dm.num_transitions, dm.batch_size * max(1, trainer.world_size))
 
+    def _uses_default_cadence(self, pl_module) -> bool:
+        """No interval set, neither on this callback nor in ``model.c4``: the default (which depends on N) applies."""
+        cfg = self._cfg(pl_module)
+        explicit = (self.every_n_updates, self.every_n_epochs, cfg.refit_every_n_updates, cfg.refit_every_n_epochs)
+        return all(v is None for v in explicit)
+
     def _announce_default(self, trainer, pl_module) -> None:
         """Say once when the default interval is longer than 10,000 updates because the dataset is large."""
-        kind, every = self.cadence(trainer, pl_module)
-        if self.every_n_updates is None and self.every_n_epochs is None and every != DEFAULT_REFIT_EVERY_N_UPDATES:
-            cfg_kind, _ = self._cfg(pl_module).refit_cadence()
-            if kind == cfg_kind == "updates" and self._cfg(pl_module).refit_every_n_updates is None:
-                rank_zero_info(
-                    f"C4 refits every {every:,} updates ({DEFAULT_REFIT_MIN_PASSES} passes over "
-                    f"{trainer.datamodule.num_transitions:,} transitions, the default for this dataset size); set "
-                    "model.c4.refit_every_n_updates to choose the interval"
-                )
+        every = self.cadence(trainer, pl_module)[1]
+        if self._uses_default_cadence(pl_module) and every != DEFAULT_REFIT_EVERY_N_UPDATES:
+            rank_zero_info(
+                f"C4 refits every {every:,} updates ({DEFAULT_REFIT_MIN_PASSES} passes over "
+                f"{trainer.datamodule.num_transitions:,} transitions, the default for this dataset size); set "
+                "model.c4.refit_every_n_updates to choose the interval"
+            )
 
     def feature_source(self, trainer, pl_module) -> CriticFeatureRows:
         """The critic features as a row source: computed by the fit as it needs them (the subsample, then every
@@ -271,11 +275,8 @@ class ClusterRefitCallback(Callback):
     def check_resumed_cadence(self, trainer, pl_module) -> None:
         """Warn when a resumed run refits at another interval than its checkpoint did (another default, dataset size
         or number of ranks), or when the checkpoint predates the recorded cadence and the default changed since."""
-        now = self.last_cadence = self.cadence(trainer, pl_module)
-        cfg = self._cfg(pl_module)
-        uses_default = self.every_n_updates is None and self.every_n_epochs is None
-        uses_default = uses_default and cfg.refit_every_n_updates is None and cfg.refit_every_n_epochs is None
-        if self.saved_cadence == ("unrecorded", 0) and uses_default:
+        now = self.run_cadence = self.cadence(trainer, pl_module)
+        if self.saved_cadence == ("unrecorded", 0) and self._uses_default_cadence(pl_module):
             rank_zero_warn(
                 f"C4: this checkpoint predates the recorded refit cadence (2026-12-02); its run refitted every 1,000 "
                 f"updates by default, this one refits every {now[1]:,} {now[0]}: set model.c4.refit_every_n_updates "
@@ -289,15 +290,15 @@ class ClusterRefitCallback(Callback):
             )
 
     def on_train_start(self, trainer, pl_module) -> None:
+        self.check_resumed_cadence(trainer, pl_module)  # also fixes this fit's cadence (N, batch, ranks are fixed)
         self._announce_default(trainer, pl_module)
-        self.check_resumed_cadence(trainer, pl_module)
         if self.labels is None:
             self.partition(trainer, pl_module, initial=True)
         else:  # restored from a checkpoint: the datamodule restored the sampler; keep both in step
             self.apply(trainer, pl_module)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        kind, every = self.last_cadence = self.cadence(trainer, pl_module)
+        kind, every = self.run_cadence
         if kind != "updates" or not every:
             return
         if self.next_refit_at is None:
@@ -307,7 +308,7 @@ class ClusterRefitCallback(Callback):
             self.next_refit_at = (trainer.global_step // every + 1) * every
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        kind, every = self.cadence(trainer, pl_module)
+        kind, every = self.run_cadence
         if kind == "epochs" and every and (trainer.current_epoch + 1) % every == 0:
             self.partition(trainer, pl_module, initial=False)
         self.log_within_cluster(pl_module)
@@ -336,7 +337,7 @@ class ClusterRefitCallback(Callback):
             "refits": self.refits,
             "failures": self.failures,
             "next_refit_at": self.next_refit_at,
-            "cadence": list(self.last_cadence) if self.last_cadence is not None else None,
+            "cadence": list(self.run_cadence) if self.run_cadence is not None else None,
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
