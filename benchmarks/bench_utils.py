@@ -302,16 +302,19 @@ def time_plain(
     seed: int = 0,
     adam_kwargs: dict | None = None,
     precision: str = "32-true",
+    hidden: tuple[int, ...] | None = None,
 ) -> dict:
     """The plain PyTorch reference loop (benchmarks/plain_loop.py), same networks, batch 256, same packed data;
     ``adam_kwargs`` go to its ``torch.optim.Adam`` (default: PyTorch's default, the for-loop Adam on a CPU).
     ``precision="bf16-mixed"`` runs each update under ``torch.autocast(dtype=bfloat16)`` (what a user adds to a
-    plain loop), ``"16-mixed"`` under float16 autocast (CUDA; no gradient scaler: a speed reference only)."""
+    plain loop), ``"16-mixed"`` under float16 autocast (CUDA; no gradient scaler: a speed reference only).
+    ``hidden``: the networks' hidden layer widths (default: the algorithm's)."""
     from plain_loop import PlainCQL, PlainTD3BC
 
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
-    agent = (PlainTD3BC if algo == "td3bc" else PlainCQL)(dm.obs_dim, dm.act_dim, adam_kwargs=adam_kwargs)
+    sizes = {} if hidden is None else {"hidden": tuple(hidden)}
+    agent = (PlainTD3BC if algo == "td3bc" else PlainCQL)(dm.obs_dim, dm.act_dim, adam_kwargs=adam_kwargs, **sizes)
     if device != "cpu":
         for name in ("actor", "critic", "actor_target", "critic_target"):
             if hasattr(agent, name):

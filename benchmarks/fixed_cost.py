@@ -1,0 +1,144 @@
+"""Where a TD3+BC update's time goes: the fixed per-update cost (operator dispatch, autocast casts, autograd and
+optimiser bookkeeping, the Trainer) against the arithmetic that shrinks with the network and speeds up in bf16.
+
+    OMP_NUM_THREADS=1 python benchmarks/fixed_cost.py                 # widths 8 and 256, fp32 and bf16-mixed
+    OMP_NUM_THREADS=1 python benchmarks/fixed_cost.py --json benchmarks/results/fixed_cost.json
+
+Each contender (the plain PyTorch loop with the default and with fused Adam, and our LightningModule through a lean
+Trainer, which uses fused Adam) runs at each precision with 2x``w`` hidden layers for each width ``w`` in ``--widths``,
+interleaved, ``--repeats`` times (median). At width 8 the arithmetic is negligible, so the time per update there is the
+fixed cost of the update's operators (a TD3+BC update runs ~600 of them in fp32 and ~780 under bf16 autocast, by the
+PyTorch profiler); the time at width 256 minus that is the arithmetic. Reported: milliseconds per update, that split,
+the ratio to the fp32 plain loop with the default Adam (``throughput.py``'s reference), and the ratio the Trainer's
+bf16-mixed update would reach with the fixed cost of the fp32 plain loop with fused Adam. Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_utils as bu  # noqa: E402
+
+PRECISIONS = ("32-true", "bf16-mixed")
+
+
+def ref_ms(ms: dict, width: int) -> float:
+    """The reference: the fp32 plain loop with PyTorch's default (for-loop) Adam, as in ``throughput.py``."""
+    return ms[f"plain/32-true/{width}"]
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--widths", default="8,256", help="hidden widths, comma list (the first the smallest)")
+    ap.add_argument("--steps", type=int, default=600, help="timed updates per run (default 600)")
+    ap.add_argument("--warmup", type=int, default=50, help="untimed updates before timing (default 50)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per contender, median reported (default 3)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="cpu", help="cpu (default): process CPU time")
+    ap.add_argument("--json", help="write the measurements to this JSON file")
+    args = ap.parse_args(argv)
+    args.widths = [int(w) for w in args.widths.split(",") if w]
+    if len(args.widths) < 2 or any(w < 1 for w in args.widths):
+        ap.error("--widths: give at least two widths >= 1, e.g. 8,256")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    bu.quiet()
+    bu.set_threads(args.threads)
+    bu.set_clock(args.clock)
+    info = bu.machine_info(args.threads)
+    t0 = time.perf_counter()
+    dm = bu.make_datamodule()
+    samples: dict[str, list[float]] = {}
+    for r in range(args.repeats):
+        for width in args.widths:
+            hidden = (width, width)
+            for prec in PRECISIONS:
+                for who, adam in (("plain", None), ("plain-fused", {"fused": True})):
+                    res = bu.time_plain(
+                        "td3bc",
+                        dm,
+                        args.warmup,
+                        args.steps,
+                        args.threads,
+                        seed=r,
+                        adam_kwargs=adam,
+                        precision=prec,
+                        hidden=hidden,
+                    )
+                    samples.setdefault(f"{who}/{prec}/{width}", []).append(1e3 / res["ups"])
+                lean = bu.time_lightning(
+                    "td3bc",
+                    False,
+                    bu.make_datamodule,
+                    args.warmup,
+                    args.steps,
+                    args.threads,
+                    seed=r,
+                    precision=prec,
+                    hidden_dims=hidden,
+                )
+                samples.setdefault(f"lean/{prec}/{width}", []).append(1e3 / lean["ups"])
+        print(f"# round {r + 1}/{args.repeats} done ({time.perf_counter() - t0:.0f} s)", flush=True)
+    ms = {k: bu.median(v) for k, v in samples.items()}
+    small, big = args.widths[0], args.widths[-1]
+    rows, split = [], {}
+    for who in ("plain", "plain-fused", "lean"):
+        for prec in PRECISIONS:
+            fixed, total = ms[f"{who}/{prec}/{small}"], ms[f"{who}/{prec}/{big}"]
+            split[f"{who}/{prec}"] = {"fixed_ms": fixed, "total_ms": total, "arithmetic_ms": total - fixed}
+            rows.append(
+                [who, prec, *[ms[f"{who}/{prec}/{w}"] for w in args.widths], total - fixed, ref_ms(ms, big) / total]
+            )
+    ref = ref_ms(ms, big)
+    lean_bf16, plain_bf16 = split["lean/bf16-mixed"], split["plain-fused/bf16-mixed"]
+    fused_fp32 = split["plain-fused/32-true"]
+    summary = {
+        "lean bf16-mixed vs plain fp32 (the goal's ratio)": ref / lean_bf16["total_ms"],
+        "fixed ms: bf16-mixed minus 32-true (plain, fused Adam)": plain_bf16["fixed_ms"] - fused_fp32["fixed_ms"],
+        "fixed ms: Trainer minus plain (bf16-mixed, fused Adam)": lean_bf16["fixed_ms"] - plain_bf16["fixed_ms"],
+        "arithmetic speed-up of bf16 (plain, fused Adam)": fused_fp32["arithmetic_ms"] / plain_bf16["arithmetic_ms"],
+        "lean bf16-mixed vs plain fp32 with the fixed cost of fp32 (fused Adam)": ref
+        / (fused_fp32["fixed_ms"] + lean_bf16["arithmetic_ms"]),
+    }
+    print()
+    print(
+        bu.format_table(
+            [
+                "loop",
+                "precision",
+                *[f"ms/update, width {w}" for w in args.widths],
+                f"arithmetic ms (width {big})",
+                f"vs plain fp32 (width {big})",
+            ],
+            rows,
+            title=f"TD3+BC, batch {bu.BATCH_SIZE}, 2 hidden layers; {info['cpu']}, {args.threads} thread(s), "
+            f"{args.clock} clock, median of {args.repeats}",
+        )
+    )
+    for k, v in summary.items():
+        print(f"{k}: {v:.3f}")
+    print(f"# total wall time {time.perf_counter() - t0:.0f} s")
+    results = {
+        "machine": info,
+        "args": vars(args),
+        "samples_ms": samples,
+        "median_ms": ms,
+        "split": split,
+        "summary": summary,
+    }
+    if args.json:
+        bu.write_json(args.json, results)
+        print(f"# wrote {args.json}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
