@@ -334,3 +334,45 @@ def test_iql_policy_next_action_changes_nothing(toy_env, tmp_path):
         runs.append(params_of(_fit(module, tmp_path, steps=4).critic))
     for a, b in zip(*runs):
         assert torch.equal(a, b)
+
+
+def test_cql_max_backup_pairs_each_state_with_the_features_of_its_maximising_action(toy_env, tmp_path):
+    """CQL's max-backup with ``penalty_next_action=policy``: the penalty's target features for state b are the target
+    critic's features at the sampled action the backup maximised over (row ``b * n + j*`` of the repeated pass),
+    checked here row by row against the target critic's own pass."""
+    n = 3
+    c4 = C4Config(**C4_SMALL, penalty_next_action="policy")
+    torch.manual_seed(0)
+    module = CQL(hidden_dims=(32, 32), cql_n_actions=n, cql_max_target_backup=True, c4=c4)
+    seen = {"last_target": None, "pairs": []}
+    build = module.build_networks
+
+    def build_and_spy(*args, **kwargs):
+        build(*args, **kwargs)
+        target_forward = module.critic_target.forward
+
+        def spy(obs, act, return_features=False, **kw):
+            out = target_forward(obs, act, return_features=return_features, **kw)
+            if return_features:  # the refit's and the probe's passes too: pair the update's by order
+                seen["last_target"] = tuple(t.detach().clone() for t in out)
+            return out
+
+        module.critic_target.forward = spy
+
+    module.build_networks = build_and_spy
+    penalty = module.c4.penalty
+
+    def penalty_spy(mod, batch, feats, next_feats, td_loss, logs):
+        seen["pairs"].append((seen["last_target"], next_feats.detach().clone()))
+        return penalty(mod, batch, feats, next_feats, td_loss, logs)
+
+    module.c4.penalty = penalty_spy
+    _fit(module, tmp_path, steps=3)
+    assert len(seen["pairs"]) == 3
+    for (q_all, feats_all), next_feats in seen["pairs"]:
+        batch = next_feats.shape[1]
+        assert q_all.shape == (2, batch * n)
+        for b in range(batch):
+            rows = range(b * n, (b + 1) * n)
+            best = max(rows, key=lambda r: float(q_all[:, r].min()))
+            assert torch.equal(next_feats[:, b], feats_all[:, best])
