@@ -24,7 +24,7 @@ def run(
     root: Path,
     epochs: int,
     ckpt: Path | None = None,
-    cadence: tuple[str, str] = ("--model.c4.refit_every_n_epochs", "1"),
+    cadence: tuple[str, ...] = ("--model.c4.refit_every_n_epochs", "1"),  # with any further options
 ) -> C4LightningCLI:
     args = [
         "fit",
@@ -185,3 +185,22 @@ def test_resume_is_exact_with_refits_on_the_update_cadence(tmp_path):
     assert_same(refit_full, refit_resumed, "ClusterRefitCallback")
     assert_same(full["state_dict"], resumed["state_dict"], "state_dict")
     assert_same(full["OfflineRLDataModule"], resumed["OfflineRLDataModule"], "sampler")
+
+
+def test_resume_is_exact_with_the_sketched_penalty(tmp_path):
+    """The sketch draws its Rademacher directions from torch's global generator at every update: the checkpoint's RNG
+    state must carry them, so a run resumed after epoch 2 draws the same directions as the uninterrupted one."""
+    options = (
+        "--model.c4.refit_every_n_epochs", "1", "--model.c4.penalty_sketch", "4",
+        "--model.c4.penalty_next_action", "policy",
+    )  # fmt: skip
+    full_cli = run(tmp_path / "full", 4, cadence=options)
+    assert full_cli.model.c4.config.penalty_sketch == 4 and full_cli.model.c4.config.penalty_next_action == "policy"
+    full = load(last_ckpt(full_cli))
+    half_path = last_ckpt(run(tmp_path / "half", 2, cadence=options))
+    resumed = load(last_ckpt(run(tmp_path / "resumed", 4, half_path, cadence=options)))
+    assert_same(full["state_dict"], resumed["state_dict"], "state_dict")
+    assert_same(full["optimizer_states"], resumed["optimizer_states"], "optimizer_states")
+    assert_same(callback_state(full, "ClusterRefitCallback"), callback_state(resumed, "ClusterRefitCallback"), "refit")
+    exact = load(last_ckpt(run(tmp_path / "exact", 4)))
+    assert not torch.equal(exact["state_dict"]["critic.head.weight"], full["state_dict"]["critic.head.weight"])
