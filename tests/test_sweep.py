@@ -94,6 +94,7 @@ def test_trial_config_records_the_precision_it_runs_at(tmp_path, in_repo, monkey
         ({"variants": {"a__b": {"config": "configs/td3bc.yaml"}}}, "no '__'"),
         ({"variants": {"a": {"config": "configs/td3bc.yaml", "datasets": ["zz"]}}}, "does not define"),
         ({"colour": 1}, "unknown keys"),
+        ({"rule": "equivalence"}, "rule 'equivalence' is unknown; use gain .* or parity"),
     ],
 )
 def test_bad_sweep_files_are_refused(tmp_path, in_repo, bad, message):
@@ -154,6 +155,21 @@ def test_decision_rule_verdicts():
     small = compare({s: v + 1 for s, v in base.items()}, base)  # CI excludes 0, but a gain under 10%
     assert small["diff_ci"][0] > 0 and small["verdict"] == "undecided"
     assert compare({s: v * 1.3 for s, v in base.items()}, base)["paper_gain_in_ci"] is True
+
+
+def test_parity_rule_verdicts(tmp_path, in_repo):
+    """A sweep file with ``rule: parity`` (bf16 vs fp32): the verdict asks whether the paired CI includes 0."""
+    base = {s: 40.0 + s for s in range(5)}
+    noisy = {s: v + d for (s, v), d in zip(base.items(), [-2.0, 1.5, -1.0, 2.0, -0.5])}
+    assert compare(noisy, base, rule="parity")["verdict"] == "parity holds"
+    assert compare(noisy, base)["verdict"] == "undecided"  # the same numbers under the gain rule
+    assert compare({s: v + 5 for s, v in base.items()}, base, rule="parity")["verdict"] == "higher"
+    assert compare({s: v - 5 for s, v in base.items()}, base, rule="parity")["verdict"] == "lower"
+    assert compare({0: 1.0, 1: 2.0}, base, min_seeds=5, rule="parity")["verdict"] == "pending (2/5 seeds)"
+    assert load_sweep(write_sweep(tmp_path, two_variants())).rule == "gain"
+    assert load_sweep(write_sweep(tmp_path, two_variants(), rule="parity")).rule == "parity"
+    assert load_sweep(REPO / "configs/sweeps/bf16_parity.yaml").rule == "parity"
+    assert load_sweep(REPO / "configs/sweeps/c4_evidence.yaml").rule == "gain"
 
 
 # ---------------------------------------------------------------------------------------------- running

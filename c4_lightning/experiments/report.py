@@ -19,11 +19,18 @@ from c4_lightning.experiments import stats
 from c4_lightning.experiments.launchers import is_finished, summary_path
 from c4_lightning.experiments.spec import Sweep, Trial, score_of
 
-RULE = (
-    "C4 helps on a dataset if the IQM gain over the baseline is >= 10% of the baseline's IQM and the 95% CI "
-    "of the paired (same seed) score difference excludes 0; it hurts if that CI lies below 0; otherwise the "
-    "evidence does not decide. Separately: whether a +30% gain (the paper's claim) lies inside the CI."
-)
+RULES = {
+    "gain": (
+        "C4 helps on a dataset if the IQM gain over the baseline is >= 10% of the baseline's IQM and the 95% CI "
+        "of the paired (same seed) score difference excludes 0; it hurts if that CI lies below 0; otherwise the "
+        "evidence does not decide. Separately: whether a +30% gain (the paper's claim) lies inside the CI."
+    ),
+    "parity": (
+        "Parity holds on a dataset if the 95% CI of the paired (same seed) score difference to the baseline includes "
+        "0; otherwise the variant scores higher (CI above 0) or lower (CI below 0)."
+    ),
+}
+RULE = RULES["gain"]
 MIN_GAIN = 0.10
 PAPER_GAIN = 0.30
 DIAGNOSTIC_PREFIXES = ("c4/", "train/")
@@ -118,14 +125,16 @@ def aggregate(sweep: Sweep, records: list[dict], seed: int = 0) -> list[dict]:
             }
             base = _by(records, sweep.baseline, dataset) if sweep.baseline else {}
             if sweep.baseline and variant != sweep.baseline and base:
-                row.update(compare(mine, base, seed, min_seeds=len(sweep.seeds)))
+                row.update(compare(mine, base, seed, min_seeds=len(sweep.seeds), rule=sweep.rule))
             rows.append(row)
     return rows
 
 
-def compare(mine: dict[int, float], base: dict[int, float], seed: int = 0, min_seeds: int = 2) -> dict:
-    """Paired comparison on the seeds both sides finished, and the decision rule's verdict (given only once
-    ``min_seeds`` pairs, the sweep's planned seeds, have finished: "pending" before)."""
+def compare(
+    mine: dict[int, float], base: dict[int, float], seed: int = 0, min_seeds: int = 2, rule: str = "gain"
+) -> dict:
+    """Paired comparison on the seeds both sides finished, and the verdict of the decision rule ``rule`` (a key of
+    :data:`RULES`), given only once ``min_seeds`` pairs, the sweep's planned seeds, have finished ("pending" before)."""
     paired = sorted(set(mine) & set(base))
     out: dict = {"paired_seeds": paired}
     x, y = np.array([mine[s] for s in paired]), np.array([base[s] for s in paired])
@@ -144,6 +153,8 @@ def compare(mine: dict[int, float], base: dict[int, float], seed: int = 0, min_s
         )
         if len(paired) < max(2, min_seeds):
             verdict = f"pending ({len(paired)}/{max(2, min_seeds)} seeds)"
+        elif rule == "parity":
+            verdict = "parity holds" if dlo <= 0 <= dhi else ("higher" if dlo > 0 else "lower")
         elif gain >= MIN_GAIN and dlo > 0:
             verdict = "helps"
         elif dhi < 0:
@@ -169,7 +180,7 @@ def markdown(sweep: Sweep, rows: list[dict], records: list[dict]) -> str:
         f"{b.eval_episodes} episodes; score = mean normalised score of the last {b.score_window} evaluations. "
         "IQM with 95% percentile-bootstrap CIs (scipy.stats.bootstrap, 2000 resamples).",
         "",
-        f"Decision rule (fixed before the runs): {RULE}",
+        f"Decision rule (fixed before the runs): {RULES[sweep.rule]}",
         "",
         "| dataset | variant | n | score IQM [95% CI] | mean ± sd | peak IQM | final/peak | "
         f"Δ vs {sweep.baseline} (paired) [95% CI] | IQM gain | P(improve) [95% CI] | verdict | +30% in CI |",
@@ -184,7 +195,7 @@ def markdown(sweep: Sweep, rows: list[dict], records: list[dict]) -> str:
                 f"{_fmt(r['prob_improvement'], 2)} [{_fmt(r['prob_improvement_ci'][0], 2)}, "
                 f"{_fmt(r['prob_improvement_ci'][1], 2)}]",
                 r["verdict"],
-                "yes" if r["paper_gain_in_ci"] else "no",
+                ("yes" if r["paper_gain_in_ci"] else "no") if sweep.rule == "gain" else "-",
             ]
         lines.append(
             f"| {r['dataset']} | {r['variant']} | {r['n']} | {_fmt(r['iqm'])} [{_fmt(r['iqm_ci'][0])}, "
@@ -298,7 +309,7 @@ def collect(sweep: Sweep, out: Path | None = None, diagnostics: bool = True, plo
             "eval_episodes": b.eval_episodes,
             "score_window": b.score_window,
         },
-        "rule": RULE,
+        "rule": RULES[sweep.rule],
         "statistics": "IQM, percentile bootstrap (scipy.stats.bootstrap), 2000 resamples, 95%",
         "aggregates": rows,
         "runs": records,

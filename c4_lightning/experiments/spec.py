@@ -6,6 +6,7 @@ A sweep file is YAML::
     out: benchmarks/results              # tables, JSON and plots go here
     runs_dir: runs/sweeps/c4_evidence    # one folder per trial (git-ignored)
     baseline: baseline                   # the variant others are compared with (paired by dataset and seed)
+    rule: gain                           # the verdict: gain (default: does a variant help?) or parity (same?)
     seeds: [0, 1, 2, 3, 4]
     budget: {updates: 50000, eval_every: 5000, eval_episodes: 10, score_window: 4, steps_per_epoch: 1000}
     datasets:
@@ -36,6 +37,7 @@ import yaml
 from c4_lightning.training.precision import default_precision
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+RULE_NAMES = ("gain", "parity")  # decision rules a sweep file may name; their text and verdicts: report.py
 
 
 class SweepError(ValueError):
@@ -113,6 +115,7 @@ class Sweep:
     out: Path = Path("benchmarks/results")
     runs_dir: Path = Path("runs/sweeps")
     source: Path | None = None
+    rule: str = "gain"  # the decision rule the report applies (c4_lightning/experiments/report.py RULES)
 
     def __post_init__(self) -> None:
         if not self.variants:
@@ -138,6 +141,11 @@ class Sweep:
                     )
         if self.baseline is not None and self.baseline not in self.variants:
             raise SweepError(f"baseline {self.baseline!r} is not a variant; variants: {sorted(self.variants)}")
+        if self.rule not in RULE_NAMES:
+            raise SweepError(
+                f"rule {self.rule!r} is unknown; use gain (a variant helps: IQM gain >= 10% and the paired CI "
+                "excludes 0) or parity (the paired CI includes 0)"
+            )
 
     def trials(self) -> list[Trial]:
         out = []
@@ -206,6 +214,7 @@ def load_sweep(path: str | Path) -> Sweep:
         "variants",
         "description",
         "protocol",
+        "rule",
     }
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -250,6 +259,7 @@ def load_sweep(path: str | Path) -> Sweep:
         out=Path(raw.get("out", "benchmarks/results")),
         runs_dir=Path(raw.get("runs_dir", f"runs/sweeps/{raw.get('name', path.stem)}")),
         source=path,
+        rule=str(raw.get("rule", "gain")),
     )
 
 
