@@ -20,7 +20,8 @@ What is timed (all contenders in one sitting, the same torch thread count, batch
 
 C4 runs once per ``--penalties`` entry (cross_cov, the default, and feature_dot unless told otherwise).
 The first ``--warmup`` updates of every run are excluded; every contender runs ``--repeats`` times, interleaved
-round by round, and the median is reported. C4's timed fits never refit (``refit_every_n_epochs=0``): one refit
+round by round (odd rounds in reverse order, so no contender always runs early in a round), and the median is
+reported. C4's timed fits never refit (``refit_every_n_epochs=0``): one refit
 (critic features + standardise/PCA + GMM on at most ``fit_subsample`` rows + prediction on all) is timed
 separately on the trained C4 model, warm-started from its partition like a real refit, and amortised over the
 default interval (``C4Config().refit_interval_updates`` for the dataset's size: 10,000 updates up to 512k transitions):
@@ -291,66 +292,48 @@ def main(argv=None) -> dict:
     dm_plain = dm_factory()
     c4_models = {}
     variants = [None, *args.penalties]  # no C4, then C4 with each penalty
+
+    def contenders(r: int, algo: str, prec: str) -> list:
+        """Zero-argument timers of one round: plain loops, the Lightning variants and (``--compile``) compile."""
+        suffix = "" if prec == "32-true" else f"@{prec}"
+
+        def plain(key, adam_kwargs):
+            res = bu.time_plain(
+                algo, dm_plain, warm[algo], steps[algo], args.threads, device, seed=r, adam_kwargs=adam_kwargs,
+                precision=prec,
+            )  # fmt: skip
+            add(f"{algo}/{key}{suffix}", res["ups"])
+
+        def lightning(mode, pen):
+            keep = pen == args.penalties[0] and mode == args.modes[0] and prec == "32-true"
+            res = bu.time_lightning(
+                algo, pen or False, dm_factory, warm[algo], steps[algo], args.threads, mode, device, seed=r,
+                return_model=keep, precision=prec,
+            )  # fmt: skip
+            add(variant_key(algo, mode, pen, prec), res["ups"])
+            if "model" in res:
+                c4_models[algo] = res
+            if res.get("note") and res["note"] not in notes:
+                notes.append(res["note"])
+
+        def compiled():
+            res = bu.time_lightning(
+                algo, False, dm_factory, warm[algo], steps[algo], args.threads, "lean", device, seed=r,
+                precision=prec, compile=True,
+            )  # fmt: skip
+            add(f"{algo}/lean+compile{suffix}", res["ups"])
+
+        runs = [lambda: plain("plain", None), lambda: plain("plain-fused", {"fused": True})]
+        runs += [lambda mode=mode, pen=pen: lightning(mode, pen) for mode in args.modes for pen in variants]
+        return runs + ([compiled] if args.compile else [])
+
     for r in range(args.repeats):
         for algo in args.algos:
             for prec in args.precision:
-                suffix = "" if prec == "32-true" else f"@{prec}"
-                add(
-                    f"{algo}/plain{suffix}",
-                    bu.time_plain(
-                        algo, dm_plain, warm[algo], steps[algo], args.threads, device, seed=r, precision=prec
-                    )["ups"],
-                )
-                add(
-                    f"{algo}/plain-fused{suffix}",
-                    bu.time_plain(
-                        algo,
-                        dm_plain,
-                        warm[algo],
-                        steps[algo],
-                        args.threads,
-                        device,
-                        seed=r,
-                        adam_kwargs={"fused": True},
-                        precision=prec,
-                    )["ups"],
-                )
-                for mode in args.modes:
-                    for pen in variants:
-                        keep = pen == args.penalties[0] and mode == args.modes[0] and prec == "32-true"
-                        res = bu.time_lightning(
-                            algo,
-                            pen or False,
-                            dm_factory,
-                            warm[algo],
-                            steps[algo],
-                            args.threads,
-                            mode,
-                            device,
-                            seed=r,
-                            return_model=keep,
-                            precision=prec,
-                        )
-                        add(variant_key(algo, mode, pen, prec), res["ups"])
-                        if "model" in res:
-                            c4_models[algo] = res
-                        if res.get("note") and res["note"] not in notes:
-                            notes.append(res["note"])
-                if args.compile:
-                    res = bu.time_lightning(
-                        algo,
-                        False,
-                        dm_factory,
-                        warm[algo],
-                        steps[algo],
-                        args.threads,
-                        "lean",
-                        device,
-                        seed=r,
-                        precision=prec,
-                        compile=True,
-                    )
-                    add(f"{algo}/lean+compile{suffix}", res["ups"])
+                # every contender once; odd rounds run them in reverse order, so a drift within a round (the machine
+                # warming, other load) does not always favour the same contenders
+                for run in contenders(r, algo, prec)[:: 1 if r % 2 == 0 else -1]:
+                    run()
         if args.before:
             res = run_before(args, r)
             if "error" in res:
