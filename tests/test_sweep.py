@@ -288,3 +288,13 @@ def test_trial_lock_keeps_two_sweep_processes_apart(tmp_path, in_repo):
 def test_bootstrap_holds_single_run_tasks_fixed():
     point, lo, hi = stats.iqm_with_ci([[10.0, 12.0, 14.0, 16.0], [50.0]])
     assert lo <= point <= hi and lo < hi  # the multi-run task is resampled, the single run kept as it is
+
+
+def test_rule_flag_overrides_the_sweep_files_rule(tmp_path, in_repo):
+    from c4_lightning.experiments.cli import build_sweep, parser
+
+    path = write_sweep(tmp_path, two_variants())
+    assert build_sweep(parser().parse_args([str(path)])).rule == "gain"
+    assert build_sweep(parser().parse_args([str(path), "--rule", "parity"])).rule == "parity"
+    with pytest.raises(SystemExit):
+        parser().parse_args([str(path), "--rule", "equivalence"])

@@ -5,6 +5,8 @@ aggregate it.
     c4-sweep configs/sweeps/c4_evidence.yaml --variants baseline --seeds 0,1
     c4-sweep configs/sweeps/c4_evidence.yaml --launcher ray --ray-address auto
     c4-sweep configs/sweeps/c4_evidence.yaml --collect-only            # tables, JSON and plots from finished runs
+    c4-sweep configs/sweeps/c4_evidence.yaml --collect-only --variants c4_crosscov_v0,c4_sketch16_policy \
+             --datasets mix10k --baseline c4_crosscov_v0 --rule parity --out /tmp/vs_exact   # two arms, parity rule
     c4-sweep --variant base=configs/td3bc.yaml,trainer.precision=32-true \\
              --variant c4=configs/td3bc_c4.yaml,model.c4.penalty_weight=0.5 \\
              --dataset mix=hopper/random-medium-expert-10k --seeds 0,1,2 --updates 20000 --eval-every 5000
@@ -25,7 +27,7 @@ import yaml
 
 from c4_lightning.experiments.launchers import LocalLauncher, RayLauncher, is_finished
 from c4_lightning.experiments.report import collect
-from c4_lightning.experiments.spec import Dataset, Sweep, SweepError, Variant, load_sweep
+from c4_lightning.experiments.spec import RULE_NAMES, Dataset, Sweep, SweepError, Variant, load_sweep
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -83,6 +85,8 @@ def build_sweep(args) -> Sweep:
         sweep.budget = replace(sweep.budget, **budget)
     if args.baseline:
         sweep.baseline = args.baseline
+    if args.rule:
+        sweep.rule = args.rule
     if args.out:
         sweep.out = Path(args.out)
     if args.runs_dir:
@@ -104,6 +108,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", action="append", help="add a dataset NAME=ID[:MAX_TRANSITIONS] (repeatable)")
     p.add_argument("--name", help="sweep name when built from flags (default 'sweep')")
     p.add_argument("--baseline", help="variant the others are compared with")
+    p.add_argument(
+        "--rule", choices=RULE_NAMES, help="decision rule of the verdicts (default: the sweep file's, else gain)"
+    )
     for flag in ("updates", "eval-every", "eval-episodes", "score-window", "steps-per-epoch"):
         p.add_argument(f"--{flag}", type=int, dest=flag.replace("-", "_"), help=f"budget.{flag.replace('-', '_')}")
     p.add_argument("--launcher", choices=["local", "ray"], default="local")
