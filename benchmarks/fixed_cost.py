@@ -41,6 +41,14 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="cpu", help="cpu (default): process CPU time")
     ap.add_argument("--json", help="write the measurements to this JSON file")
+    ap.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also profile N updates of the lean Trainer at the smallest width per precision (torch.profiler): "
+        "operators per update and the operators whose self time changes most (default 0: off)",
+    )
     args = ap.parse_args(argv)
     args.widths = [int(w) for w in args.widths.split(",") if w]
     if len(args.widths) < 2 or any(w < 1 for w in args.widths):
@@ -125,6 +133,7 @@ def main(argv=None) -> dict:
     )
     for k, v in summary.items():
         print(f"{k}: {v:.3f}")
+    profile = operator_profile(args, small) if args.profile else None
     print(f"# total wall time {time.perf_counter() - t0:.0f} s")
     results = {
         "machine": info,
@@ -133,11 +142,54 @@ def main(argv=None) -> dict:
         "median_ms": ms,
         "split": split,
         "summary": summary,
+        "profile": profile,
     }
     if args.json:
         bu.write_json(args.json, results)
         print(f"# wrote {args.json}")
     return results
+
+
+def operator_profile(args, width: int, top: int = 12) -> dict:
+    """Per precision: operators per update and self time per update (us) by operator, from ``torch.profiler`` over
+    ``args.profile`` updates of the lean Trainer at ``width``; prints the operators whose self time differs most."""
+    from torch.profiler import ProfilerActivity, profile
+
+    per_update = {}
+    for prec in PRECISIONS:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            bu.time_lightning(
+                "td3bc",
+                False,
+                bu.make_datamodule,
+                0,
+                args.profile,
+                args.threads,
+                precision=prec,
+                hidden_dims=(width, width),
+            )
+        per_update[prec] = {
+            e.key: (e.count / args.profile, e.self_cpu_time_total / args.profile) for e in prof.key_averages()
+        }
+    fp32, bf16 = (per_update[p] for p in PRECISIONS)
+    totals = {p: (sum(c for c, _ in ops.values()), sum(t for _, t in ops.values())) for p, ops in per_update.items()}
+    rows = sorted(
+        (
+            [k[:48], fp32.get(k, (0, 0))[0], bf16.get(k, (0, 0))[0], fp32.get(k, (0, 0))[1], bf16.get(k, (0, 0))[1]]
+            for k in set(fp32) | set(bf16)
+        ),
+        key=lambda r: -abs(r[4] - r[3]),
+    )[:top]
+    print()
+    print(
+        bu.format_table(
+            ["operator", "calls/update fp32", "calls/update bf16", "self us/update fp32", "self us/update bf16"],
+            [["all operators", totals["32-true"][0], totals["bf16-mixed"][0], *[totals[p][1] for p in PRECISIONS]]]
+            + rows,
+            title=f"torch.profiler, lean Trainer, width {width}, {args.profile} updates (profiler overhead included)",
+        )
+    )
+    return {p: {k: list(v) for k, v in ops.items()} for p, ops in per_update.items()}
 
 
 if __name__ == "__main__":

@@ -228,14 +228,22 @@ def test_refit_scale_tiny_prints_table(tmp_path):
 def test_fixed_cost_tiny_prints_split_and_ratios(tmp_path):
     out = _run(
         ["benchmarks/fixed_cost.py", "--widths", "4,16", "--steps", "4", "--warmup", "1", "--repeats", "1"]
+        + ["--profile", "3"]
         + ["--json", str(tmp_path / "fc.json")]
     )
-    for text in ("ms/update, width 4", "ms/update, width 16", "arithmetic ms (width 16)", "the goal's ratio"):
+    for text in (
+        "ms/update, width 4",
+        "ms/update, width 16",
+        "arithmetic ms (width 16)",
+        "the goal's ratio",
+        "all operators",
+    ):
         assert text in out, f"missing {text!r} in:\n{out}"
     data = json.loads((tmp_path / "fc.json").read_text())
     assert set(data["split"]) == {
         f"{w}/{p}" for w in ("plain", "plain-fused", "lean") for p in ("32-true", "bf16-mixed")
     }
+    assert set(data["profile"]) == {"32-true", "bf16-mixed"}
     for row in data["split"].values():
         assert row["total_ms"] > 0 and row["fixed_ms"] > 0
         assert abs(row["total_ms"] - row["fixed_ms"] - row["arithmetic_ms"]) < 1e-9
