@@ -253,10 +253,12 @@ def time_lightning(
     seed: int = 0,
     return_model: bool = False,
     precision: str = "32-true",
+    callbacks: list | None = None,
     **model_kwargs,
 ) -> dict:
     """One fit of ``warmup + steps`` updates through the real Trainer; returns updates/s of the timed part
-    (and, with ``return_model``, the trained module, its datamodule and the C4 partition labels, if any)."""
+    (and, with ``return_model``, the trained module, its datamodule and the C4 partition labels, if any).
+    ``callbacks``: more Trainer callbacks (e.g. a profiler window)."""
     import lightning as L
 
     L.seed_everything(seed, verbose=False)
@@ -265,7 +267,7 @@ def time_lightning(
     model = make_module(algo, c4, **model_kwargs)
     timer = StepTimer(threads, device)
     with tempfile.TemporaryDirectory(prefix="c4bench_") as root:
-        trainer = make_trainer(mode, warmup + steps, [timer.callback], root, device, precision)
+        trainer = make_trainer(mode, warmup + steps, [timer.callback, *(callbacks or [])], root, device, precision)
         sink = io.StringIO()
         with contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink):  # progress bar, summaries
             trainer.fit(model, datamodule=dm)

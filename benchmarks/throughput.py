@@ -20,8 +20,8 @@ What is timed (all contenders in one sitting, the same torch thread count, batch
 
 C4 runs once per ``--penalties`` entry (cross_cov, the default, and feature_dot unless told otherwise).
 The first ``--warmup`` updates of every run are excluded; every contender runs ``--repeats`` times, interleaved
-round by round (odd rounds in reverse order, so no contender always runs early in a round), and the median is
-reported. C4's timed fits never refit (``refit_every_n_epochs=0``): one refit
+round by round (odd rounds run the whole round in reverse order, so no contender always runs early in a round; use
+an even ``--repeats``), and the median is reported. C4's timed fits never refit (``refit_every_n_epochs=0``): one refit
 (critic features + standardise/PCA + GMM on at most ``fit_subsample`` rows + prediction on all) is timed
 separately on the trained C4 model, warm-started from its partition like a real refit, and amortised over the
 default interval (``C4Config().refit_interval_updates`` for the dataset's size: 10,000 updates up to 512k transitions):
@@ -328,12 +328,12 @@ def main(argv=None) -> dict:
         return runs + ([compiled] if args.compile else [])
 
     for r in range(args.repeats):
-        for algo in args.algos:
-            for prec in args.precision:
-                # every contender once; odd rounds run them in reverse order, so a drift within a round (the machine
-                # warming, other load) does not always favour the same contenders
-                for run in contenders(r, algo, prec)[:: 1 if r % 2 == 0 else -1]:
-                    run()
+        # every contender of every algorithm and precision once; odd rounds run the whole round in reverse order, so a
+        # drift within a round (the machine's state, other load) does not always favour the same contenders (use an
+        # even --repeats for a balanced order)
+        runs = [run for algo in args.algos for prec in args.precision for run in contenders(r, algo, prec)]
+        for run in runs[:: 1 if r % 2 == 0 else -1]:
+            run()
         if args.before:
             res = run_before(args, r)
             if "error" in res:

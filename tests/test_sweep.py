@@ -14,8 +14,8 @@ from scipy import stats as sstats
 
 from c4_lightning.experiments import stats
 from c4_lightning.experiments.cli import main as sweep_main
-from c4_lightning.experiments.report import compare
-from c4_lightning.experiments.spec import SweepError, load_sweep, score_of, trial_config
+from c4_lightning.experiments.report import RULES, compare
+from c4_lightning.experiments.spec import RULE_NAMES, SweepError, load_sweep, score_of, trial_config
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"model.hidden_dims": [32, 32], "data.batch_size": 32, "model.probe_size": 64, "model.c4.pca_dim": 4}
@@ -94,7 +94,7 @@ def test_trial_config_records_the_precision_it_runs_at(tmp_path, in_repo, monkey
         ({"variants": {"a__b": {"config": "configs/td3bc.yaml"}}}, "no '__'"),
         ({"variants": {"a": {"config": "configs/td3bc.yaml", "datasets": ["zz"]}}}, "does not define"),
         ({"colour": 1}, "unknown keys"),
-        ({"rule": "equivalence"}, "rule 'equivalence' is unknown; use gain .* or parity"),
+        ({"rule": "equivalence"}, "rule 'equivalence' is unknown; use one of gain, parity"),
     ],
 )
 def test_bad_sweep_files_are_refused(tmp_path, in_repo, bad, message):
@@ -161,7 +161,7 @@ def test_parity_rule_verdicts(tmp_path, in_repo):
     """A sweep file with ``rule: parity`` (bf16 vs fp32): the verdict asks whether the paired CI includes 0."""
     base = {s: 40.0 + s for s in range(5)}
     noisy = {s: v + d for (s, v), d in zip(base.items(), [-2.0, 1.5, -1.0, 2.0, -0.5])}
-    assert compare(noisy, base, rule="parity")["verdict"] == "parity holds"
+    assert compare(noisy, base, rule="parity")["verdict"] == "no difference detected"
     assert compare(noisy, base)["verdict"] == "undecided"  # the same numbers under the gain rule
     assert compare({s: v + 5 for s, v in base.items()}, base, rule="parity")["verdict"] == "higher"
     assert compare({s: v - 5 for s, v in base.items()}, base, rule="parity")["verdict"] == "lower"
@@ -170,6 +170,9 @@ def test_parity_rule_verdicts(tmp_path, in_repo):
     assert load_sweep(write_sweep(tmp_path, two_variants(), rule="parity")).rule == "parity"
     assert load_sweep(REPO / "configs/sweeps/bf16_parity.yaml").rule == "parity"
     assert load_sweep(REPO / "configs/sweeps/c4_evidence.yaml").rule == "gain"
+    with pytest.raises(ValueError, match="decision rule 'equivalence' is unknown"):
+        compare(noisy, base, rule="equivalence")
+    assert set(RULES) == set(RULE_NAMES)  # the sweep files' names and the report's texts, one set
 
 
 # ---------------------------------------------------------------------------------------------- running

@@ -5,7 +5,7 @@ aggregate it.
     c4-sweep configs/sweeps/c4_evidence.yaml --variants baseline --seeds 0,1
     c4-sweep configs/sweeps/c4_evidence.yaml --launcher ray --ray-address auto
     c4-sweep configs/sweeps/c4_evidence.yaml --collect-only            # tables, JSON and plots from finished runs
-    c4-sweep configs/sweeps/c4_evidence.yaml --collect-only --variants c4_crosscov_v0,c4_sketch16_policy \
+    c4-sweep configs/sweeps/c4_evidence.yaml --collect-only --variants c4_crosscov_v0,c4_sketch16_policy \\
              --datasets mix10k --baseline c4_crosscov_v0 --rule parity --out /tmp/vs_exact   # two arms, parity rule
     c4-sweep --variant base=configs/td3bc.yaml,trainer.precision=32-true \\
              --variant c4=configs/td3bc_c4.yaml,model.c4.penalty_weight=0.5 \\

@@ -26,11 +26,11 @@ RULES = {
         "evidence does not decide. Separately: whether a +30% gain (the paper's claim) lies inside the CI."
     ),
     "parity": (
-        "Parity holds on a dataset if the 95% CI of the paired (same seed) score difference to the baseline includes "
-        "0; otherwise the variant scores higher (CI above 0) or lower (CI below 0)."
+        "No difference is detected on a dataset if the 95% CI of the paired (same seed) score difference to the "
+        "baseline includes 0; otherwise the variant scores higher (CI above 0) or lower (CI below 0). A CI that "
+        "includes 0 is not proof of equality: read its width."
     ),
 }
-RULE = RULES["gain"]
 MIN_GAIN = 0.10
 PAPER_GAIN = 0.30
 DIAGNOSTIC_PREFIXES = ("c4/", "train/")
@@ -135,6 +135,8 @@ def compare(
 ) -> dict:
     """Paired comparison on the seeds both sides finished, and the verdict of the decision rule ``rule`` (a key of
     :data:`RULES`), given only once ``min_seeds`` pairs, the sweep's planned seeds, have finished ("pending" before)."""
+    if rule not in RULES:
+        raise ValueError(f"decision rule {rule!r} is unknown; use one of {sorted(RULES)}")
     paired = sorted(set(mine) & set(base))
     out: dict = {"paired_seeds": paired}
     x, y = np.array([mine[s] for s in paired]), np.array([base[s] for s in paired])
@@ -154,7 +156,7 @@ def compare(
         if len(paired) < max(2, min_seeds):
             verdict = f"pending ({len(paired)}/{max(2, min_seeds)} seeds)"
         elif rule == "parity":
-            verdict = "parity holds" if dlo <= 0 <= dhi else ("higher" if dlo > 0 else "lower")
+            verdict = "no difference detected" if dlo <= 0 <= dhi else ("higher" if dlo > 0 else "lower")
         elif gain >= MIN_GAIN and dlo > 0:
             verdict = "helps"
         elif dhi < 0:
@@ -309,6 +311,7 @@ def collect(sweep: Sweep, out: Path | None = None, diagnostics: bool = True, plo
             "eval_episodes": b.eval_episodes,
             "score_window": b.score_window,
         },
+        "rule_name": sweep.rule,
         "rule": RULES[sweep.rule],
         "statistics": "IQM, percentile bootstrap (scipy.stats.bootstrap), 2000 resamples, 95%",
         "aggregates": rows,

@@ -6,7 +6,7 @@ A sweep file is YAML::
     out: benchmarks/results              # tables, JSON and plots go here
     runs_dir: runs/sweeps/c4_evidence    # one folder per trial (git-ignored)
     baseline: baseline                   # the variant others are compared with (paired by dataset and seed)
-    rule: gain                           # the verdict: gain (default: does a variant help?) or parity (same?)
+    rule: gain                           # the verdict: gain (default: does a variant help?) or parity (differ?)
     seeds: [0, 1, 2, 3, 4]
     budget: {updates: 50000, eval_every: 5000, eval_episodes: 10, score_window: 4, steps_per_epoch: 1000}
     datasets:
@@ -143,8 +143,8 @@ class Sweep:
             raise SweepError(f"baseline {self.baseline!r} is not a variant; variants: {sorted(self.variants)}")
         if self.rule not in RULE_NAMES:
             raise SweepError(
-                f"rule {self.rule!r} is unknown; use gain (a variant helps: IQM gain >= 10% and the paired CI "
-                "excludes 0) or parity (the paired CI includes 0)"
+                f"rule {self.rule!r} is unknown; use one of {', '.join(RULE_NAMES)} (their text: "
+                "c4_lightning/experiments/report.py RULES)"
             )
 
     def trials(self) -> list[Trial]:
