@@ -28,13 +28,17 @@ def checkpoint_dir(trainer) -> Path:
     return Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints"
 
 
+SAVE_WEIGHTS_ONLY = False  # what our callbacks write: the whole state (ModelCheckpoint's save_weights_only default)
+
+
 def save_training_state(trainer, path: str | Path) -> None:
     """Write the whole training state (weights, optimisers, loops, callbacks) to ``path``, creating its folder: the
-    mid-epoch checkpoint, the graceful stop's and the NaN stop's. Lightning's ``save_checkpoint(weights_only=...)``
-    chooses what is *written* (False: everything, as ``ModelCheckpoint`` does); left unset it logs a line on every
-    save. Reading never unpickles code: :func:`c4_lightning.training.load_checkpoint`."""
+    mid-epoch checkpoint, the graceful stop's and the NaN stop's. The second argument of Lightning's
+    ``save_checkpoint`` chooses what is *written*, as ``ModelCheckpoint`` passes its ``save_weights_only``; left unset
+    it logs a line on every save. Reading never unpickles code: :func:`c4_lightning.training.load_checkpoint` loads
+    with ``weights_only=True``."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    trainer.save_checkpoint(path, weights_only=False)
+    trainer.save_checkpoint(path, SAVE_WEIGHTS_ONLY)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
